@@ -1,0 +1,58 @@
+"""`mclstexp` command line: one sub-command module per job, each exposing `register(subparsers)`.
+
+Sub-command modules are imported lazily so that `mclstexp --help` stays fast and a missing
+optional dependency of one command never breaks the others.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# name of the sub-command -> module under mclstexp_hub.cli that registers it
+_COMMAND_MODULES: dict[str, str] = {
+    "data": "data_cmd",
+    "train": "train_cmd",
+    "bank": "bank_cmd",
+    "evaluate": "evaluate_cmd",
+    "benchmark": "benchmark_cmd",
+    "predict": "predict_cmd",
+    "domains": "domains_cmd",
+    "push": "push_cmd",
+    "card": "card_cmd",
+    "demo": "demo_cmd",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mclstexp",
+        description="mclSTExp: predict spatial gene expression from H&E histology.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for module_name in dict.fromkeys(_COMMAND_MODULES.values()):
+        try:
+            module = importlib.import_module(f"mclstexp_hub.cli.{module_name}")
+        except ModuleNotFoundError as exc:
+            if exc.name == f"mclstexp_hub.cli.{module_name}":
+                continue  # command not shipped in this build
+            raise
+        module.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except (ValueError, FileNotFoundError, FileExistsError, KeyError) as exc:
+        # user-facing errors carry the file/field and the fix in their message
+        print(f"mclstexp {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,518 @@
+"""mclSTExp: contrastive image/spot towers and expression prediction by retrieval.
+
+Shaped like transformers' CLIP: a config, an output dataclass, `get_image_features`,
+`get_spot_features`, `forward(..., return_loss=...)`. The spot tower treats *the spots of one
+batch as one sequence* ("spots are words, a batch is a sentence"), so a spot's embedding
+depends on which spots share its batch: the spot bank records the batching it was built with.
+
+Hub-bound remote code: imports only third-party packages and, relatively, its siblings.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import PreTrainedModel
+from transformers.utils import ModelOutput
+
+from .configuration_mclstexp import MclSTExpConfig
+from .spot_bank_mclstexp import SPOT_BANK_FILENAME, SpotBank
+
+logger = logging.getLogger(__name__)
+
+# The authors' bank is built with their evaluation DataLoader: batch_size 32, dataset order.
+DEFAULT_BANK_BATCH_SIZE = 32
+
+
+@dataclass
+class MclSTExpOutput(ModelOutput):
+    """Output of `MclSTExpModel.forward`.
+
+    loss: symmetric cross-entropy of the spot/image similarity (when `return_loss`).
+    logits_per_image: (B_img, B_spot) image-to-spot similarities / temperature.
+    logits_per_spot: (B_spot, B_img), its transpose.
+    image_embeds / spot_embeds: projection-head outputs (not L2-normalised).
+    """
+
+    loss: torch.FloatTensor | None = None
+    logits_per_image: torch.FloatTensor | None = None
+    logits_per_spot: torch.FloatTensor | None = None
+    image_embeds: torch.FloatTensor | None = None
+    spot_embeds: torch.FloatTensor | None = None
+
+
+@dataclass
+class MclSTExpPrediction(ModelOutput):
+    """Expression predicted by retrieval, with what was retrieved."""
+
+    expression: torch.FloatTensor | None = None  # (N, n_genes)
+    neighbour_indices: torch.LongTensor | None = None  # (N, k) rows of the spot bank
+    neighbour_weights: torch.FloatTensor | None = None  # (N, k)
+    image_embeds: torch.FloatTensor | None = None  # (N, projection_dim)
+
+
+class MclSTExpProjectionHead(nn.Module):
+    """Linear → GELU → Linear → dropout → + first Linear's output → LayerNorm (as the paper)."""
+
+    def __init__(self, in_dim: int, out_dim: int, dropout: float) -> None:
+        super().__init__()
+        self.linear_in = nn.Linear(in_dim, out_dim)
+        self.linear_out = nn.Linear(out_dim, out_dim)
+        self.dropout = nn.Dropout(dropout)
+        self.norm = nn.LayerNorm(out_dim)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        projected = self.linear_in(features)
+        hidden = self.dropout(self.linear_out(F.gelu(projected)))
+        return self.norm(hidden + projected)
+
+
+class MclSTExpSpotAttention(nn.Module):
+    """Multi-head self-attention over the spots of a batch (no bias on q/k/v, as the reference)."""
+
+    def __init__(self, dim: int, heads: int, head_dim: int, dropout: float) -> None:
+        super().__init__()
+        inner = heads * head_dim
+        self.heads = heads
+        self.head_dim = head_dim
+        self.qkv = nn.Linear(dim, 3 * inner, bias=False)
+        # The reference skips the output projection only when it would be an identity map.
+        self.project_out = not (heads == 1 and head_dim == dim)
+        self.out = nn.Linear(inner, dim) if self.project_out else nn.Identity()
+        self.out_dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, _ = x.shape
+        q, k, v = self.qkv(x).chunk(3, dim=-1)
+        q, k, v = (t.view(b, n, self.heads, self.head_dim).transpose(1, 2) for t in (q, k, v))
+        attended = F.scaled_dot_product_attention(q, k, v, scale=self.head_dim**-0.5)
+        attended = attended.transpose(1, 2).reshape(b, n, self.heads * self.head_dim)
+        return self.out_dropout(self.out(attended))
+
+
+class MclSTExpSpotBlock(nn.Module):
+    """Pre-norm Transformer block: x + Attn(LN(x)); x + MLP(LN(x)) with GELU."""
+
+    def __init__(self, dim: int, heads: int, head_dim: int, mlp_dim: int, dropout: float) -> None:
+        super().__init__()
+        self.attention_norm = nn.LayerNorm(dim)
+        self.attention = MclSTExpSpotAttention(dim, heads, head_dim, dropout)
+        self.mlp_norm = nn.LayerNorm(dim)
+        self.mlp_in = nn.Linear(dim, mlp_dim)
+        self.mlp_out = nn.Linear(mlp_dim, dim)
+        self.mlp_dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attention(self.attention_norm(x))
+        hidden = self.mlp_dropout(F.gelu(self.mlp_in(self.mlp_norm(x))))
+        return x + self.mlp_dropout(self.mlp_out(hidden))
+
+
+class MclSTExpImageTower(nn.Module):
+    """A timm encoder without classifier, then global average pooling."""
+
+    def __init__(self, config: MclSTExpConfig) -> None:
+        super().__init__()
+        import timm
+
+        # pretrained=False: __init__ must never download (from_pretrained builds on `meta`).
+        self.model = timm.create_model(
+            config.image_encoder, pretrained=False, num_classes=0, global_pool=""
+        )
+        self.final_activation_removed = False
+        if not config.image_encoder_final_activation:
+            self.final_activation_removed = _remove_final_activation(self.model)
+            if not self.final_activation_removed:
+                logger.warning(
+                    "image_encoder %r has no separable final activation; "
+                    "image_encoder_final_activation=False has no effect for it.",
+                    config.image_encoder,
+                )
+        self.num_features = int(self.model.num_features)
+        for module in self.model.modules():
+            module._mclstexp_encoder_owned = True  # see MclSTExpPreTrainedModel._init_weights
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        feature_map = self.model.forward_features(pixel_values)
+        if feature_map.ndim == 4:  # (B, C, H, W) from CNNs
+            return feature_map.mean(dim=(2, 3))
+        if feature_map.ndim == 3:  # (B, tokens, C) from ViTs: average the tokens
+            return feature_map.mean(dim=1)
+        return feature_map
+
+
+def _remove_final_activation(model: nn.Module) -> bool:
+    """Make a DenseNet-style encoder end in BatchNorm without ReLU (the reference's features).
+
+    timm's DenseNet ends in `features.norm5`, a BatchNormAct2d whose `act` is a ReLU;
+    torchvision's `features` block (used by the reference) stops before that ReLU.
+    """
+    features = getattr(model, "features", None)
+    norm5 = getattr(features, "norm5", None) if features is not None else None
+    if norm5 is not None and hasattr(norm5, "act") and not isinstance(norm5.act, nn.Identity):
+        norm5.act = nn.Identity()
+        return True
+    return False
+
+
+class MclSTExpPreTrainedModel(PreTrainedModel):
+    config_class = MclSTExpConfig
+    config: MclSTExpConfig
+    base_model_prefix = "mclstexp"
+    main_input_name = "pixel_values"
+    supports_gradient_checkpointing = True
+    input_modalities = ("image",)
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        # The image encoder keeps timm's own initialisation (the transformers default would
+        # redraw its convolutions from N(0, 0.02) and silently change the architecture's init).
+        if getattr(module, "_mclstexp_encoder_owned", False):
+            return
+        if isinstance(module, nn.Linear):
+            # PyTorch's default Linear init, as the reference model gets.
+            nn.init.kaiming_uniform_(module.weight, a=math.sqrt(5))
+            if module.bias is not None:
+                fan_in = module.weight.shape[1]
+                bound = 1 / math.sqrt(fan_in) if fan_in > 0 else 0
+                nn.init.uniform_(module.bias, -bound, bound)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=1.0)
+        elif isinstance(module, nn.LayerNorm):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
+
+
+class MclSTExpModel(MclSTExpPreTrainedModel):
+    """Image tower + spot tower + projection heads; predicts expression via a `SpotBank`."""
+
+    def __init__(self, config: MclSTExpConfig) -> None:
+        super().__init__(config)
+        # Build the encoder first so that, under a fixed seed, its initialisation is exactly
+        # what `timm.create_model` alone would give.
+        self.image_encoder = MclSTExpImageTower(config)
+        feature_dim = self.image_encoder.num_features
+        if config.image_feature_dim is None:
+            config.image_feature_dim = feature_dim
+        elif config.image_feature_dim != feature_dim:
+            raise ValueError(
+                f"MclSTExpConfig.image_feature_dim={config.image_feature_dim} but timm's "
+                f"{config.image_encoder!r} gives {feature_dim} features; leave it None to take "
+                "timm's value."
+            )
+        self.image_projection = MclSTExpProjectionHead(
+            feature_dim, config.projection_dim, config.dropout
+        )
+        n_genes = config.n_genes
+        if config.has_spot_encoder:
+            if config.use_position_embeddings:
+                self.x_embed = nn.Embedding(config.max_position, n_genes)
+                self.y_embed = nn.Embedding(config.max_position, n_genes)
+            self.spot_encoder = nn.ModuleList(
+                MclSTExpSpotBlock(
+                    n_genes,
+                    config.spot_encoder_heads,
+                    config.spot_encoder_head_dim,
+                    config.spot_mlp_dim,
+                    config.dropout,
+                )
+                for _ in range(config.spot_encoder_layers)
+            )
+            self.spot_projection = MclSTExpProjectionHead(
+                n_genes, config.projection_dim, config.dropout
+            )
+        self.spot_bank: SpotBank | None = None
+        self.gradient_checkpointing = False
+        self.post_init()
+
+    def _set_gradient_checkpointing(self, enable: bool = True, *args: Any, **kwargs: Any) -> None:
+        # Spot blocks check `self.gradient_checkpointing`; timm encoders have their own switch.
+        super()._set_gradient_checkpointing(enable, *args, **kwargs)
+        self.gradient_checkpointing = enable
+        if hasattr(self.image_encoder.model, "set_grad_checkpointing"):
+            self.image_encoder.model.set_grad_checkpointing(enable)
+
+    # ---------------------------------------------------------------- towers
+    def get_image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) scaled as the image processor does → (B, projection_dim)."""
+        if not isinstance(pixel_values, torch.Tensor) or pixel_values.ndim != 4:
+            raise ValueError(
+                "pixel_values must be a (batch, 3, height, width) float tensor (use "
+                "MclSTExpImageProcessor); got "
+                f"{getattr(pixel_values, 'shape', type(pixel_values).__name__)}."
+            )
+        if pixel_values.shape[1] != 3:
+            raise ValueError(
+                f"pixel_values must have 3 colour channels in dim 1; got shape "
+                f"{tuple(pixel_values.shape)} (channels-last input? permute to (B, 3, H, W))."
+            )
+        features = self.image_encoder(pixel_values)
+        return self.image_projection(features)
+
+    def get_spot_features(self, expression: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """(B, n_genes) expression + (B, 2) array (x, y) → (B, projection_dim).
+
+        All B spots form one attention sequence, as in training.
+        """
+        if not self.config.has_spot_encoder:
+            raise ValueError(
+                "This checkpoint has no spot tower (has_spot_encoder=False, an inference-only "
+                "export); it can predict from its spot bank but cannot embed new spots."
+            )
+        spot_tokens = self._spot_tokens(expression, positions)
+        hidden = spot_tokens.unsqueeze(0)  # one sequence: the batch
+        for block in self.spot_encoder:
+            if self.gradient_checkpointing and self.training:
+                hidden = torch.utils.checkpoint.checkpoint(block, hidden, use_reentrant=False)
+            else:
+                hidden = block(hidden)
+        return self.spot_projection(hidden.squeeze(0))
+
+    def _spot_tokens(self, expression: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        n_genes = self.config.n_genes
+        if not isinstance(expression, torch.Tensor) or expression.ndim != 2:
+            raise ValueError(
+                f"expression must be a (batch, {n_genes}) float tensor; got "
+                f"{getattr(expression, 'shape', type(expression).__name__)}."
+            )
+        if expression.shape[1] != n_genes:
+            raise ValueError(
+                f"expression has {expression.shape[1]} genes but this model was configured "
+                f"for {n_genes} (config.gene_names). Preprocess with the model's gene panel."
+            )
+        tokens = expression.to(self.spot_projection.linear_in.weight.dtype)
+        if not self.config.use_position_embeddings:
+            return tokens
+        if positions is None:
+            raise ValueError("positions (batch, 2) array coordinates are required by this model.")
+        positions = torch.as_tensor(positions, device=expression.device)
+        if positions.ndim != 2 or positions.shape != (expression.shape[0], 2):
+            raise ValueError(
+                f"positions must be ({expression.shape[0]}, 2) integer array (x, y) coordinates, "
+                f"one row per spot; got {tuple(positions.shape)}."
+            )
+        if positions.is_floating_point():
+            if not torch.equal(positions, positions.round()):
+                raise ValueError(
+                    "positions must be integer array coordinates (spot grid indices), not pixel "
+                    "coordinates; round or map them to the grid first."
+                )
+        positions = positions.long()
+        low, high = int(positions.min()), int(positions.max())
+        if low < 0 or high >= self.config.max_position:
+            raise ValueError(
+                f"positions must lie in [0, {self.config.max_position}) (config.max_position); "
+                f"got values in [{low}, {high}]."
+            )
+        return tokens + self.x_embed(positions[:, 0]) + self.y_embed(positions[:, 1])
+
+    # --------------------------------------------------------------- forward
+    def forward(
+        self,
+        pixel_values: torch.Tensor | None = None,
+        expression: torch.Tensor | None = None,
+        positions: torch.Tensor | None = None,
+        return_loss: bool | None = True,
+        return_dict: bool | None = True,
+        **kwargs: Any,
+    ) -> MclSTExpOutput | tuple:
+        if kwargs:
+            unknown = sorted(k for k in kwargs if k not in {"num_items_in_batch"})
+            if unknown:
+                raise TypeError(f"MclSTExpModel.forward got unexpected inputs {unknown}.")
+        image_embeds = self.get_image_features(pixel_values) if pixel_values is not None else None
+        spot_embeds = (
+            self.get_spot_features(expression, positions) if expression is not None else None
+        )
+        logits_per_spot = logits_per_image = loss = None
+        if image_embeds is not None and spot_embeds is not None:
+            logits_per_spot = spot_embeds @ image_embeds.T / self.config.contrastive_temperature
+            logits_per_image = logits_per_spot.T
+            if return_loss:
+                loss = contrastive_loss(logits_per_spot)
+        elif return_loss and (pixel_values is not None or expression is not None):
+            if self.training:
+                raise ValueError(
+                    "The contrastive loss needs both pixel_values and expression (+ positions)."
+                )
+        output = MclSTExpOutput(
+            loss=loss,
+            logits_per_image=logits_per_image,
+            logits_per_spot=logits_per_spot,
+            image_embeds=image_embeds,
+            spot_embeds=spot_embeds,
+        )
+        return output if return_dict or return_dict is None else output.to_tuple()
+
+    # ------------------------------------------------------------- spot bank
+    def attach_spot_bank(self, bank: SpotBank) -> None:
+        """Use `bank` for retrieval; refused when genes or embedding width differ."""
+        bank.check_compatible(list(self.config.gene_names), self.config.projection_dim)
+        self.spot_bank = bank
+
+    @torch.no_grad()
+    def build_spot_bank(
+        self,
+        expression: torch.Tensor,
+        positions: torch.Tensor | None,
+        batch_size: int = DEFAULT_BANK_BATCH_SIZE,
+        section_ids: list[str] | None = None,
+        patient_ids: list[str] | None = None,
+        metadata: dict[str, Any] | None = None,
+        attach: bool = True,
+    ) -> SpotBank:
+        """Embed reference spots with the spot tower and (by default) attach them as the bank.
+
+        Batching is fixed and recorded: consecutive runs of `batch_size` spots *in the given
+        order* form one attention sequence each (the reference: 32, dataset order).
+        """
+        expression = torch.as_tensor(expression, dtype=torch.float32)
+        if expression.ndim != 2 or expression.shape[0] == 0:
+            raise ValueError(
+                f"build_spot_bank needs a non-empty (n_spots, n_genes) expression matrix; got "
+                f"{tuple(expression.shape)}."
+            )
+        if positions is not None:
+            positions = torch.as_tensor(positions)
+        was_training = self.training
+        self.eval()
+        device = self.device
+        chunks = []
+        try:
+            for start in range(0, expression.shape[0], batch_size):
+                expr = expression[start : start + batch_size].to(device)
+                pos = positions[start : start + batch_size].to(device) if positions is not None else None
+                chunks.append(self.get_spot_features(expr, pos).float().cpu())
+        finally:
+            self.train(was_training)
+        info = {"batching": f"consecutive runs of {batch_size} spots in input order",
+                "bank_batch_size": batch_size,
+                "expression_transform": self.config.expression_transform,
+                "expression_units": self.config.expression_units}
+        info.update(metadata or {})
+        bank = SpotBank(
+            embeddings=torch.cat(chunks),
+            expression=expression,
+            gene_names=list(self.config.gene_names),
+            positions=positions,
+            section_ids=list(section_ids or []),
+            patient_ids=list(patient_ids or []),
+            metadata=info,
+        )
+        if attach:
+            self.attach_spot_bank(bank)
+        return bank
+
+    @torch.no_grad()
+    def predict_expression(
+        self,
+        pixel_values: torch.Tensor | None = None,
+        image_embeds: torch.Tensor | None = None,
+        k: int | None = None,
+        distance: str | None = None,
+        weighting: str | None = None,
+        chunk_size: int = 65536,
+    ) -> MclSTExpPrediction:
+        """Expression of query patches by retrieval from the attached spot bank.
+
+        Cosine top-k over bank embeddings, then a weighted average of the neighbours'
+        expression (config.retrieval_weighting over config.retrieval_distance by default).
+        """
+        if self.spot_bank is None:
+            raise ValueError(
+                "This model has no spot bank attached, so it can embed images but not predict "
+                "expression. Attach one with `model.attach_spot_bank(SpotBank.load(path))`, "
+                "build one with `model.build_spot_bank(expression, positions)` or "
+                "`mclstexp bank build CKPT --dataset ...`."
+            )
+        if (pixel_values is None) == (image_embeds is None):
+            raise ValueError("Pass exactly one of pixel_values or image_embeds.")
+        if image_embeds is None:
+            was_training = self.training
+            self.eval()
+            try:
+                image_embeds = self.get_image_features(pixel_values)
+            finally:
+                self.train(was_training)
+        queries = image_embeds.detach().float().cpu()
+        k = int(k if k is not None else self.config.retrieval_k)
+        distance = distance or self.config.retrieval_distance
+        weighting = weighting or self.config.retrieval_weighting
+        bank = self.spot_bank
+        _, indices = bank.search(queries, k, chunk_size=chunk_size)
+        from .spot_bank_mclstexp import retrieval_weights
+
+        weights = retrieval_weights(queries, bank.embeddings[indices], distance, weighting)
+        expression = torch.einsum("qk,qkg->qg", weights, bank.expression[indices])
+        return MclSTExpPrediction(
+            expression=expression,
+            neighbour_indices=indices,
+            neighbour_weights=weights,
+            image_embeds=queries,
+        )
+
+    # ------------------------------------------------------------ persistence
+    def save_pretrained(self, save_directory: str | os.PathLike, *args: Any, **kwargs: Any):
+        result = super().save_pretrained(save_directory, *args, **kwargs)
+        if self.spot_bank is not None:
+            self.spot_bank.save(os.path.join(os.fspath(save_directory), SPOT_BANK_FILENAME))
+        return result
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args: Any, **kwargs: Any):
+        """Load weights and config, then the spot bank next to them when there is one."""
+        load_bank = kwargs.pop("load_spot_bank", True)
+        model = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        if load_bank:
+            bank_path = _resolve_optional_file(pretrained_model_name_or_path, SPOT_BANK_FILENAME, kwargs)
+            if bank_path is not None:
+                model.attach_spot_bank(SpotBank.load(bank_path))
+        return model
+
+
+def _resolve_optional_file(name_or_path, filename: str, kwargs: dict[str, Any]) -> str | None:
+    """Local path or Hub-cached copy of an optional checkpoint file; None when absent."""
+    name_or_path = os.fspath(name_or_path)
+    if os.path.isdir(name_or_path):
+        path = os.path.join(name_or_path, kwargs.get("subfolder", "") or "", filename)
+        return path if os.path.isfile(path) else None
+    from transformers.utils import cached_file
+
+    return cached_file(
+        name_or_path,
+        filename,
+        cache_dir=kwargs.get("cache_dir"),
+        force_download=kwargs.get("force_download", False),
+        proxies=kwargs.get("proxies"),
+        local_files_only=kwargs.get("local_files_only", False),
+        token=kwargs.get("token"),
+        revision=kwargs.get("revision"),
+        subfolder=kwargs.get("subfolder", "") or "",
+        _raise_exceptions_for_missing_entries=False,
+        _raise_exceptions_for_connection_errors=False,
+    )
+
+
+def contrastive_loss(logits_per_spot: torch.Tensor) -> torch.Tensor:
+    """Symmetric cross-entropy with identity targets: mean of spot→image and image→spot."""
+    targets = torch.arange(logits_per_spot.shape[0], device=logits_per_spot.device)
+    spot_loss = F.cross_entropy(logits_per_spot, targets)
+    image_loss = F.cross_entropy(logits_per_spot.T, targets)
+    return (spot_loss + image_loss) / 2.0
+
+
+__all__ = [
+    "MclSTExpModel",
+    "MclSTExpPreTrainedModel",
+    "MclSTExpOutput",
+    "MclSTExpPrediction",
+    "contrastive_loss",
+    "DEFAULT_BANK_BATCH_SIZE",
+]
