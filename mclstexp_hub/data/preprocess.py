@@ -196,9 +196,7 @@ def preprocess_sections(
             "gene_panel_source": source,
             "n_genes": len(genes),
             "missing_genes_filled": missing,
-            "zero_total_spots": [
-                str(s) for s in a.obs_names[panel.sum(axis=1) == 0]
-            ],
+            "zero_total_spots": [str(s) for s in a.obs_names[panel.sum(axis=1) == 0]],
         }
         out.append(new)
     return out

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
+from typing import Self
 
 import numpy as np
 from PIL import Image
@@ -72,7 +73,7 @@ class Slide:
     def close(self) -> None:  # pragma: no cover - overridden
         pass
 
-    def __enter__(self) -> Slide:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -131,7 +132,7 @@ class PyramidSlide(Slide):
             return out
         try:
             region = self._slide.read_region((sx0, sy0), 0, (sx1 - sx0, sy1 - sy0))
-        except Exception as exc:  # noqa: BLE001 - back ends raise many types on bad tiles
+        except Exception as exc:
             raise ValueError(
                 f"{self.path}: could not read region x={sx0}, y={sy0}, "
                 f"{sx1 - sx0}x{sy1 - sy0} ({exc}); the slide file may be truncated or corrupt"
@@ -165,7 +166,9 @@ def _decode_flat_image(path: Path) -> np.ndarray:
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(path) as img:
                 img.load()  # forces a full decode: truncated files fail here, not mid-build
-                rgb = img.convert("RGB")
+                # one copy out of PIL (read-only view of its bytes); convert only when needed
+                rgb = img if img.mode == "RGB" else img.convert("RGB")
+                array = np.asarray(rgb)
     except (OSError, SyntaxError, ValueError) as exc:
         raise ValueError(
             f"{path}: cannot decode image ({exc}). The file is unreadable or truncated; "
@@ -173,7 +176,7 @@ def _decode_flat_image(path: Path) -> np.ndarray:
         ) from exc
     finally:
         Image.MAX_IMAGE_PIXELS = old_limit
-    return np.asarray(rgb, dtype=np.uint8)
+    return array
 
 
 def _is_pyramidal_tiff(path: Path) -> bool:
@@ -186,7 +189,7 @@ def _is_pyramidal_tiff(path: Path) -> bool:
         with tifffile.TiffFile(path) as tif:
             series = tif.series[0]
             return len(series.levels) > 1 or bool(tif.pages[0].is_tiled)
-    except Exception as exc:  # noqa: BLE001 - tifffile raises several types on bad files
+    except Exception as exc:
         raise ValueError(
             f"{path}: not a readable TIFF ({exc}); re-export the image or check the path"
         ) from exc
@@ -202,7 +205,7 @@ def _open_pyramid(path: Path):
 
         try:
             return tiffslide.TiffSlide(path)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             raise ValueError(f"{path}: tiffslide cannot open this slide ({exc})") from exc
     except ImportError:
         pass
@@ -212,7 +215,7 @@ def _open_pyramid(path: Path):
         raise ImportError(f"{path}: {_SLIDES_EXTRA}") from exc
     try:
         return openslide.OpenSlide(str(path))
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         raise ValueError(f"{path}: OpenSlide cannot open this slide ({exc})") from exc
 
 

@@ -105,9 +105,7 @@ def make_section(
             "pixel_y": coords[:, 1],
             "section": section,
             "patient": patient,
-            "label": (
-                spots["label"].fillna("").astype(str).to_numpy() if "label" in spots else ""
-            ),
+            "label": (spots["label"].fillna("").astype(str).to_numpy() if "label" in spots else ""),
         },
         index=pd.Index(ids.to_numpy(), name=None),
     )

@@ -35,7 +35,9 @@ def read_st_counts(path: Path) -> pd.DataFrame:
     try:
         df = pd.read_csv(path, sep="\t", index_col=0)
     except (OSError, EOFError, pd.errors.ParserError, UnicodeDecodeError) as exc:
-        raise DataError(f"{path}: cannot parse counts table ({exc}); is the file complete?") from exc
+        raise DataError(
+            f"{path}: cannot parse counts table ({exc}); is the file complete?"
+        ) from exc
     if df.shape[1] == 0 or df.shape[0] == 0:
         raise DataError(f"{path}: counts table is empty (expected spots × genes, tab-separated)")
     df.index = df.index.astype(str)

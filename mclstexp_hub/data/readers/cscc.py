@@ -47,7 +47,9 @@ def list_cscc_sections(data_dir: str | Path) -> list[str]:
     return sorted(names, key=lambda s: (int(s.split("_")[0][1:]), s))
 
 
-def read_cscc_section(data_dir: str | Path, section: str, require_image: bool = False) -> ad.AnnData:
+def read_cscc_section(
+    data_dir: str | Path, section: str, require_image: bool = False
+) -> ad.AnnData:
     """One cSCC section; missing counts/spot tables raise FileNotFoundError naming the pattern."""
     data_dir = Path(data_dir)
     if not re.fullmatch(r"P\d+_ST_rep\d+", section):
@@ -71,7 +73,12 @@ def read_cscc_section(data_dir: str | Path, section: str, require_image: bool = 
         if require_image:
             raise FileNotFoundError(f"image not found: {data_dir}/*_{section}.jpg")
     return read_st_section(
-        counts, spots, section=section, patient=section.split("_")[0], source=SOURCE, image_path=image
+        counts,
+        spots,
+        section=section,
+        patient=section.split("_")[0],
+        source=SOURCE,
+        image_path=image,
     )
 
 

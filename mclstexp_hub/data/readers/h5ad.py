@@ -69,13 +69,15 @@ def read_h5ad(
         adata = adata[adata.obs[section_key].astype(str) == section].copy()
     elif section is None:
         section = str(adata.obs[section_key].iloc[0]) if section_key in adata.obs else path.stem
-    counts = adata.layers["counts"] if "counts" in adata.layers else adata.X
+    counts = adata.layers.get("counts", adata.X)
     field = "layers['counts']" if "counts" in adata.layers else "X"
     if counts is None:
         raise DataError(f"{path}: no counts in X or layers['counts']")
     values = counts.data if sp.issparse(counts) else np.asarray(counts)
-    if not allow_non_integer and np.isfinite(values).all() and not np.allclose(
-        values, np.round(values)
+    if (
+        not allow_non_integer
+        and np.isfinite(values).all()
+        and not np.allclose(values, np.round(values))
     ):
         raise DataError(
             f"{path}: {field} holds non-integer values (normalised data?); put raw counts in "
@@ -101,8 +103,11 @@ def read_h5ad(
             "pixel_x": xy[:, 0],
             "pixel_y": xy[:, 1],
             "label": (
-                adata.obs[label_key].astype(object).where(adata.obs[label_key].notna(), "")
-                .astype(str).to_numpy()
+                adata.obs[label_key]
+                .astype(object)
+                .where(adata.obs[label_key].notna(), "")
+                .astype(str)
+                .to_numpy()
                 if label_key in adata.obs
                 else ""
             ),
@@ -123,6 +128,9 @@ def read_h5ad(
         image_path=image_path,
         microns_per_pixel=microns_per_pixel,
         mpp_source="given" if microns_per_pixel else None,
-        extra_metadata={"h5ad_path": str(path), "array_coordinates": grid_source,
-                        "has_image": image_path is not None},
+        extra_metadata={
+            "h5ad_path": str(path),
+            "array_coordinates": grid_source,
+            "has_image": image_path is not None,
+        },
     )

@@ -60,7 +60,9 @@ def find_her2st_image(data_dir: str | Path, section: str) -> Path | None:
     """The full-resolution image of a section, or None when the folder holds none."""
     folder = Path(data_dir) / "ST-imgs" / section[0] / section
     images = sorted(
-        p for p in folder.glob("*") if p.suffix.lower() in {".jpg", ".jpeg", ".png", ".tif", ".tiff"}
+        p
+        for p in folder.glob("*")
+        if p.suffix.lower() in {".jpg", ".jpeg", ".png", ".tif", ".tiff"}
     )
     if len(images) > 1:
         raise DataError(
@@ -107,4 +109,16 @@ def read_her2st_section(data_dir: str | Path, section: str) -> ad.AnnData:
 def read_her2st(data_dir: str | Path, sections: Sequence[str] | None = None) -> list[ad.AnnData]:
     """HER2+ sections (all that have counts when ``sections`` is None), one AnnData each."""
     names = list(sections) if sections else list_her2st_sections(data_dir)
-    return [read_her2st_section(data_dir, s) for s in names]
+    adatas = [read_her2st_section(data_dir, s) for s in names]
+    no_image = [
+        s
+        for s, a in zip(names, adatas, strict=True)
+        if not a.uns["spatial"][s]["metadata"]["has_image"]
+    ]
+    if no_image:
+        logger.warning(
+            "HER2+ sections without an image under %s/ST-imgs (expression only): %s",
+            data_dir,
+            preview(no_image, 40),
+        )
+    return adatas

@@ -64,7 +64,9 @@ def read_10x_h5(path: str | Path) -> tuple[sp.csr_matrix, list[str], list[str]]:
             else:
                 genomes = list(f.keys())
                 if not genomes:
-                    raise DataError(f"{path}: empty HDF5 file; expected a 10x feature-barcode matrix")
+                    raise DataError(
+                        f"{path}: empty HDF5 file; expected a 10x feature-barcode matrix"
+                    )
                 grp = f[genomes[0]]
                 names = _decode(grp["gene_names"][:])
                 ftype = ["Gene Expression"] * len(names)
@@ -200,7 +202,9 @@ def read_visium(
             "array_y": spots["array_row"].to_numpy(),
             "pixel_x": spots["pxl_col_in_fullres"].to_numpy(dtype=float),
             "pixel_y": spots["pxl_row_in_fullres"].to_numpy(dtype=float),
-            "label": labels.reindex(kept).fillna("").astype(str).to_numpy() if labels is not None else "",
+            "label": labels.reindex(kept).fillna("").astype(str).to_numpy()
+            if labels is not None
+            else "",
         }
     )
     scalefactors: dict = {}

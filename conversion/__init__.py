@@ -1,0 +1,1 @@
+"""Converters from other mclSTExp implementations to mclstexp-hub checkpoints."""

@@ -1,0 +1,141 @@
+"""Spatial domains from predicted expression: PCA → k-means, scored by ARI / NMI.
+
+This is how the mclSTExp paper evaluates whether predicted expression carries tissue structure:
+cluster the spots on the principal components of their (predicted) expression and compare the
+clusters with a pathologist's region labels. Spots whose label is empty or "undetermined" are
+left out of the scores (they carry no region), and the number scored is reported.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+IGNORED_LABELS = ("", "undetermined", "nan", "none")
+DEFAULT_N_PCS = 30
+
+
+def spatial_domains(
+    expression: np.ndarray, n_clusters: int, n_pcs: int = DEFAULT_N_PCS, seed: int = 0
+) -> np.ndarray:
+    """Cluster ids (0..K-1) of each spot: PCA of centred expression, then k-means (10 inits)."""
+    from sklearn.cluster import KMeans
+    from sklearn.decomposition import PCA
+
+    X = np.asarray(expression, dtype=np.float64)
+    if X.ndim != 2:
+        raise ValueError(f"expression must be (n_spots, n_genes); got shape {X.shape}.")
+    if not np.isfinite(X).all():
+        raise ValueError("expression contains NaN/inf; domains need finite values.")
+    if not isinstance(n_clusters, int) or n_clusters < 2:
+        raise ValueError(f"--n-clusters must be an integer >= 2; got {n_clusters!r}.")
+    if X.shape[0] < n_clusters:
+        raise ValueError(f"{X.shape[0]} spots cannot form {n_clusters} clusters; lower --n-clusters.")
+    n_components = max(1, min(n_pcs, X.shape[1], X.shape[0] - 1))
+    pcs = PCA(n_components=n_components, random_state=seed).fit_transform(X - X.mean(axis=0))
+    return KMeans(n_clusters=n_clusters, n_init=10, random_state=seed).fit_predict(pcs)
+
+
+def domain_scores(
+    clusters: np.ndarray, labels: np.ndarray, ignore: tuple[str, ...] = IGNORED_LABELS
+) -> dict[str, float | int]:
+    """ARI and NMI of clusters against region labels, over labelled spots only."""
+    from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
+
+    labels = np.asarray([str(v) for v in labels], dtype=object)
+    keep = ~np.isin(np.char.lower(labels.astype(str)), [s.lower() for s in ignore])
+    if keep.sum() < 2:
+        raise ValueError(
+            "fewer than 2 spots carry a region label (empty/'undetermined' are ignored); "
+            "check --labels."
+        )
+    clusters = np.asarray(clusters)[keep]
+    labels = labels[keep]
+    return {
+        "ari": float(adjusted_rand_score(labels, clusters)),
+        "nmi": float(normalized_mutual_info_score(labels, clusters)),
+        "n_labelled": int(keep.sum()),
+        "n_label_classes": int(len(set(labels))),
+    }
+
+
+def read_labels(spec: str, adata) -> tuple[np.ndarray, str]:
+    """Region label of every spot of `adata` from an obs key or a file; ("" = unlabelled).
+
+    A file is CSV/TSV with either `spot_id` + `label` columns (matched by id), or `pixel_x`,
+    `pixel_y` + `label` (matched to the nearest spot centre within half a spot diameter — the
+    layout of her2st's `ST-pat/lbl/*_labeled_coordinates.tsv`).
+    """
+    if spec in adata.obs.columns:
+        values = adata.obs[spec].astype(str).fillna("").to_numpy()
+        return values, f"obs[{spec!r}]"
+    path = Path(spec)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"--labels {spec!r} is neither a column of the prediction's obs "
+            f"({list(adata.obs.columns)}) nor a file."
+        )
+    try:
+        table = pd.read_csv(path, sep=None, engine="python")
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{path}: cannot parse the label table ({exc}).") from exc
+    if "label" not in table.columns:
+        raise ValueError(f"{path}: no `label` column (found {list(table.columns)}).")
+    table["label"] = table["label"].fillna("").astype(str)
+    if "spot_id" in table.columns:
+        mapping = dict(zip(table["spot_id"].astype(str), table["label"], strict=True))
+        values = np.array([mapping.get(s, "") for s in adata.obs_names.astype(str)], dtype=object)
+        if not any(values):
+            raise ValueError(f"{path}: no spot_id matches the prediction's spots.")
+        return values, f"{path} (by spot_id)"
+    if {"pixel_x", "pixel_y"} <= set(table.columns):
+        from scipy.spatial import cKDTree
+
+        centres = np.asarray(adata.obsm["spatial"], dtype=np.float64)[:, :2]
+        library = next(iter(adata.uns.get("spatial", {}) or {}), None)
+        radius = None
+        if library is not None:
+            radius = adata.uns["spatial"][library]["scalefactors"].get("spot_diameter_fullres")
+        radius = float(radius) / 2 if radius else np.inf
+        points = table[["pixel_x", "pixel_y"]].to_numpy(dtype=np.float64)
+        distance, nearest = cKDTree(points).query(centres, k=1)
+        values = np.where(distance <= radius, table["label"].to_numpy()[nearest], "")
+        if not any(values):
+            raise ValueError(
+                f"{path}: no labelled point lies within half a spot diameter of a predicted spot; "
+                "are the labels from this slide (full-resolution pixels)?"
+            )
+        return values.astype(object), f"{path} (nearest labelled point within {radius:g} px)"
+    raise ValueError(
+        f"{path}: needs `spot_id` + `label` or `pixel_x`, `pixel_y` + `label` columns "
+        f"(found {list(table.columns)})."
+    )
+
+
+@dataclass
+class DomainResult:
+    clusters: np.ndarray
+    scores: dict[str, float | int] | None
+    labels_source: str | None
+
+
+def run_domains(
+    adata, n_clusters: int, labels: str | None = None, n_pcs: int = DEFAULT_N_PCS, seed: int = 0,
+    key: str = "mclstexp_domain",
+) -> DomainResult:
+    """Cluster `adata.X` into `obs[key]` (categorical); score against `labels` when given."""
+    X = adata.X.toarray() if hasattr(adata.X, "toarray") else np.asarray(adata.X)
+    clusters = spatial_domains(X, n_clusters, n_pcs=n_pcs, seed=seed)
+    adata.obs[key] = pd.Categorical([f"D{c}" for c in clusters])
+    scores = source = None
+    if labels is not None:
+        values, source = read_labels(labels, adata)
+        adata.obs["region_label"] = pd.Categorical(values.astype(str))
+        scores = domain_scores(clusters, values)
+    return DomainResult(clusters=clusters, scores=scores, labels_source=source)
+
+
+__all__ = ["DomainResult", "domain_scores", "read_labels", "run_domains", "spatial_domains"]

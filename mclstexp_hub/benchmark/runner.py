@@ -1,0 +1,448 @@
+"""`mclstexp benchmark`: build the data, train per fold, evaluate, compare with baselines.
+
+For every fold of a section or patient split it runs, on exactly the same training and
+held-out spots:
+
+- ``mclstexp``: the method (`train_model` with the chosen profile), prediction by retrieval
+  from its bank of the fold's training spots;
+- ``bleep_ablation``: the same training without spot Transformer and position embeddings;
+- ``topk_mean_frozen``: plain top-k mean retrieval on frozen encoder features;
+- ``hest_ridge_probe``: PCA-256 + ridge on the same frozen features;
+
+then writes per-fold reports and RESULTS/summary.{json,md,csv} (the contract read by
+`mclstexp card`). Frozen encoder features are computed once (see `frozen_features`) and shared
+by the cpu-profile training and both frozen-feature baselines.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import shutil
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from mclstexp_hub.evaluation.metrics import SectionMetrics, average_metrics, evaluate_section
+from mclstexp_hub.evaluation.plots import plot_r_distribution
+from mclstexp_hub.evaluation.report import write_csv, write_json, write_section_reports, write_text_atomic
+
+from .baselines import BLEEP_ABLATION_OVERRIDES, ridge_probe_predict, topk_mean_predict
+from .frozen_features import BN_CALIBRATIONS, FrozenFeatureStore
+from .paper_numbers import paper_reported
+from .splits import Fold, make_folds
+from .summary import summary_frame, summary_markdown
+
+METHODS = ("mclstexp", "bleep_ablation", "topk_mean_frozen", "hest_ridge_probe")
+DATASET_KINDS = ("her2st", "cscc")
+
+
+@dataclass
+class BenchmarkOptions:
+    """Everything a benchmark run depends on (the CLI maps its flags 1:1 onto these)."""
+
+    out: str
+    dataset: str = "her2st"
+    data_dir: str | None = None
+    genes: str | None = None
+    sections: list[str] | None = None
+    split: str = "section"
+    profile: str = "cpu"
+    dataset_dir: str | None = None
+    epochs: int | None = None
+    batch_size: int | None = None
+    learning_rate: float | None = None
+    n_feature_views: int | None = None
+    image_encoder: str | None = None
+    pretrained_encoder: str | None = None
+    retrieval_k: int | None = None
+    baseline_k: int | None = None
+    bn_calibration: str | None = None
+    folds: list[int] | None = None
+    methods: list[str] = field(default_factory=lambda: list(METHODS))
+    keep_checkpoints: bool = False
+    overwrite: bool = False
+    seed: int = 0
+    progress: bool = True
+    command: str | None = None
+
+
+# ----------------------------------------------------------------------- helpers
+def machine_description() -> str:
+    """CPU model, core count, RAM, OS and torch version (printed and stored with results)."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as handle:
+            for line in handle:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    ram = "RAM unknown"
+    try:
+        with open("/proc/meminfo") as handle:
+            for line in handle:
+                if line.startswith("MemTotal:"):
+                    ram = f"{int(line.split()[1]) / 1024**2:.1f} GiB RAM"
+                    break
+    except OSError:
+        pass
+    gpu = f", GPU {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ", no GPU"
+    return (f"{cpu}, {os.cpu_count()} cores, {ram}{gpu}; {platform.platform()}; "
+            f"Python {platform.python_version()}; torch {torch.__version__}")
+
+
+def profile_description(prof, paper_prof, bn_calibration: str, image_encoder: str,
+                        pretrained_encoder: str | None, n_sections: int) -> str:
+    """How this run's training differs from the paper's, generated from the actual settings."""
+    encoder = f"{image_encoder} " + (
+        f"with weights from {pretrained_encoder}" if pretrained_encoder else "randomly initialised"
+    )
+    parts = []
+    if prof.freeze_image_encoder:
+        views = (("1 clean + " if prof.include_clean_view else "")
+                 + f"{prof.n_feature_views} augmented views per training spot")
+        bn = {"all": "BatchNorm statistics re-estimated once on the patches of all benchmark "
+                     "sections (held-out images included, never their expression)",
+              "train": "BatchNorm statistics re-estimated on each fold's training patches only",
+              "none": "the encoder's own BatchNorm statistics"}[bn_calibration]
+        parts.append(
+            f"image encoder ({encoder}) FROZEN; {bn}; its pooled features cached once for "
+            f"{views}; only the spot tower and both projection heads are trained"
+        )
+    else:
+        parts.append(f"end-to-end training of the image encoder ({encoder}) as in the paper")
+    parts.append(
+        f"{prof.epochs} epochs (paper {paper_prof.epochs}), learning rate {prof.learning_rate:g} "
+        f"(paper {paper_prof.learning_rate:g}), batch {prof.batch_size} (paper "
+        f"{paper_prof.batch_size}), AdamW weight decay {prof.weight_decay:g} (paper "
+        f"{paper_prof.weight_decay:g}), {prof.lr_scheduler} schedule"
+    )
+    if prof.bf16:
+        parts.append("bf16 autocast")
+    parts.append(f"{n_sections} sections (paper: 32 HER2+ sections)")
+    return "; ".join(parts) + "."
+
+
+def _prepare_dataset(opts: BenchmarkOptions, progress: bool) -> Path:
+    from mclstexp_hub.data.build import build_dataset
+    from mclstexp_hub.data.hf_dataset import load_dataset_metadata
+    from mclstexp_hub.data.preprocess import read_gene_panel
+
+    if opts.dataset_dir:
+        path = Path(opts.dataset_dir)
+        if not path.is_dir():
+            raise FileNotFoundError(
+                f"--dataset-dir {path} not found; build it with `mclstexp data build` or leave "
+                "--dataset-dir out to build it into RESULTS/dataset."
+            )
+    else:
+        path = Path(opts.out) / "dataset"
+        if not path.is_dir():
+            if not opts.data_dir:
+                raise ValueError(
+                    "pass --data-dir (the raw data to build the dataset from) or --dataset-dir "
+                    "(an already built patch dataset)."
+                )
+            build_dataset(opts.dataset, opts.data_dir, path, sections=opts.sections,
+                          genes_file=opts.genes, progress=progress)
+    meta = load_dataset_metadata(path)
+    if opts.genes and read_gene_panel(opts.genes) != list(meta["gene_names"]):
+        raise ValueError(
+            f"{path}/mclstexp_dataset.json: its genes differ from --genes {opts.genes}; rebuild "
+            "the dataset with that panel (or drop --genes to use the dataset's own)."
+        )
+    missing = [s for s in (opts.sections or []) if s not in meta["sections"]]
+    if missing:
+        raise ValueError(
+            f"{path}: sections {missing} are not in the dataset (it has {meta['sections']}); "
+            "rebuild it with those sections or choose others."
+        )
+    return path
+
+
+def _section_rows(sections_of_spot: np.ndarray, sections: Sequence[str]) -> np.ndarray:
+    return np.flatnonzero(np.isin(sections_of_spot, list(sections)))
+
+
+def _fold_summary(fold: Fold, results: list[SectionMetrics], **extra: Any) -> dict[str, Any]:
+    mean = average_metrics(results)
+    return {"fold": fold.fold, "held_out": list(fold.held_out),
+            **{k: mean[k] for k in ("pcc_acg", "pcc_heg", "pcc_hvg", "mse", "mae")},
+            "n_nan_genes": mean["n_nan_genes"],
+            "per_section": [r.summary() for r in results], **extra}
+
+
+# -------------------------------------------------------------------------- runner
+def run_benchmark(opts: BenchmarkOptions) -> dict[str, Any]:
+    """Run the benchmark described by `opts`; returns the summary (also written to disk)."""
+    from transformers import set_seed
+
+    from mclstexp_hub import __version__
+    from mclstexp_hub.data.hf_dataset import load_dataset_metadata, load_st_dataset
+    from mclstexp_hub.modeling_mclstexp import MclSTExpModel
+    from mclstexp_hub.training.features import compute_image_features, encoder_fingerprint
+    from mclstexp_hub.training.profiles import get_profile
+    from mclstexp_hub.training.torch_dataset import SpotPatchDataset
+    from mclstexp_hub.training.trainer import build_training_config, train_model
+
+    started = time.perf_counter()
+    if opts.dataset not in DATASET_KINDS:
+        raise ValueError(f"benchmark dataset must be one of {DATASET_KINDS}; got {opts.dataset!r}.")
+    unknown = [m for m in opts.methods if m not in METHODS]
+    if unknown or not opts.methods:
+        raise ValueError(f"--methods must be a non-empty subset of {METHODS}; got {opts.methods}.")
+    out = Path(opts.out)
+    if (out / "summary.json").exists() and not opts.overwrite:
+        raise FileExistsError(
+            f"{out}/summary.json exists: this folder holds a finished benchmark. Choose another "
+            "--out or pass --overwrite."
+        )
+    out.mkdir(parents=True, exist_ok=True)
+    progress = opts.progress
+    machine = machine_description()
+    print(f"machine: {machine}", flush=True)
+
+    # ------------------------------------------------------------------ data
+    dataset_dir = _prepare_dataset(opts, progress)
+    meta = load_dataset_metadata(dataset_dir)
+    sections = list(opts.sections or meta["sections"])
+    gene_names = list(meta["gene_names"])
+    folds = make_folds(sections, opts.split, meta.get("patients") or {})
+    if opts.folds is not None:
+        bad = [i for i in opts.folds if not 0 <= i < len(folds)]
+        if bad:
+            raise ValueError(f"--folds {bad} out of range: this split has folds 0..{len(folds) - 1}.")
+        folds_run = [f for f in folds if f.fold in set(opts.folds)]
+    else:
+        folds_run = folds
+    dataset = load_st_dataset(dataset_dir, sections=sections)
+    spots = SpotPatchDataset(dataset, progress=progress)
+    spot_sections = np.asarray(spots.sections)
+    expression = spots.expression.numpy()
+    positions = spots.positions.numpy()
+
+    # -------------------------------------------------------------- profile
+    prof = get_profile(opts.profile, opts.dataset)
+    changes: dict[str, Any] = {"seed": opts.seed}
+    for name in ("epochs", "batch_size", "learning_rate", "n_feature_views"):
+        value = getattr(opts, name)
+        if value is not None:
+            changes[name] = value
+    prof = prof.replace(**changes)
+    paper_prof = get_profile("paper", opts.dataset)
+    bn_calibration = opts.bn_calibration or ("all" if prof.recalibrate_batchnorm else "none")
+    if bn_calibration not in BN_CALIBRATIONS:
+        raise ValueError(f"--bn-calibration must be one of {BN_CALIBRATIONS}; got {bn_calibration!r}.")
+    base_overrides: dict[str, Any] = {"patch_size": int(meta.get("patch_size") or 224)}
+    if opts.image_encoder:
+        base_overrides["image_encoder"] = opts.image_encoder
+    if opts.retrieval_k:
+        base_overrides["retrieval_k"] = int(opts.retrieval_k)
+
+    # Frozen-feature model: the same config and seed as the models train_model builds.
+    set_seed(opts.seed)
+    feature_config = build_training_config(
+        gene_names, dataset_preset=opts.dataset, config_overrides=base_overrides,
+        positions=spots.positions, expression_transform=meta.get("transform"),
+        expression_units=meta.get("units"),
+    )
+    feature_model = MclSTExpModel(feature_config).eval()
+    if opts.pretrained_encoder:
+        from mclstexp_hub.training.trainer import load_pretrained_encoder
+
+        load_pretrained_encoder(feature_model, opts.pretrained_encoder)
+    method_k = int(feature_config.retrieval_k)
+    baseline_k = int(opts.baseline_k or method_k)
+    n_views = prof.n_feature_views if prof.freeze_image_encoder else 0
+    store = FrozenFeatureStore(
+        feature_model, spots.patches, spots.sections, bn_calibration=bn_calibration,
+        n_views=n_views, cache_dir=out / "features", seed=opts.seed,
+        channels_last=prof.channels_last, bf16=prof.bf16, progress=progress,
+    )
+    description = profile_description(
+        prof, paper_prof, bn_calibration, feature_config.image_encoder, opts.pretrained_encoder,
+        len(sections),
+    )
+    print(f"profile {prof.name}: {description}", flush=True)
+
+    labels = {
+        "mclstexp": "mclSTExp (ours)",
+        "bleep_ablation": "BLEEP-style ablation",
+        "topk_mean_frozen": f"top-{baseline_k} mean, frozen features",
+        "hest_ridge_probe": "HEST probe (PCA-256 + ridge)",
+    }
+    descriptions = {
+        "mclstexp": f"mclSTExp trained with the `{prof.name}` profile; retrieval k={method_k}, "
+                    f"{feature_config.retrieval_weighting} weighting over "
+                    f"{feature_config.retrieval_distance} distance, bank = the fold's training spots",
+        "bleep_ablation": "same training, no spot Transformer and no position embeddings "
+                          f"({BLEEP_ABLATION_OVERRIDES}); same retrieval",
+        "topk_mean_frozen": f"cosine top-{baseline_k} training spots by frozen pooled encoder "
+                            "features (no training), plain mean of their expression",
+        "hest_ridge_probe": "StandardScaler + PCA(256) + ridge (alpha = 100/(256·genes), "
+                            "intercept) on frozen pooled encoder features, fitted on training "
+                            "spots only (HEST-Benchmark's probe)",
+    }
+    per_fold: dict[str, list[dict]] = {m: [] for m in opts.methods}
+    section_results: dict[str, list[SectionMetrics]] = {m: [] for m in opts.methods}
+    timings: dict[str, float] = {}
+
+    fold_iter = folds_run
+    if progress:
+        from tqdm.auto import tqdm
+
+        fold_iter = tqdm(folds_run, desc="folds", unit="fold")
+    for fold in fold_iter:
+        fold_dir = out / "folds" / f"fold{fold.fold}"
+        fold_dir.mkdir(parents=True, exist_ok=True)
+        train_rows = _section_rows(spot_sections, fold.train)
+        test_rows_by_section = {s: _section_rows(spot_sections, [s]) for s in fold.held_out}
+        test_rows = np.concatenate(list(test_rows_by_section.values()))
+        if len(train_rows) == 0 or any(len(r) == 0 for r in test_rows_by_section.values()):
+            raise ValueError(f"fold {fold.fold}: a training or held-out section has no spots.")
+        t0 = time.perf_counter()
+        feats = store.for_fold(fold.train)
+        timings[f"fold{fold.fold}_features"] = time.perf_counter() - t0
+        train_feats = feats.clean[train_rows]
+        predictions: dict[str, np.ndarray] = {}
+        details: dict[str, dict] = {m: {} for m in opts.methods}
+
+        for method in ("mclstexp", "bleep_ablation"):
+            if method not in opts.methods:
+                continue
+            t0 = time.perf_counter()
+            overrides = dict(base_overrides)
+            if method == "bleep_ablation":
+                overrides.update(BLEEP_ABLATION_OVERRIDES)
+            keep = method == "mclstexp" and (opts.keep_checkpoints or fold.fold == folds_run[0].fold)
+            ckpt = fold_dir / "checkpoint" if keep else None
+            if ckpt is not None and ckpt.exists():
+                shutil.rmtree(ckpt)  # a stale checkpoint of an interrupted run
+            frozen = prof.freeze_image_encoder
+            cached = (feats.training_views(train_rows, prof.include_clean_view)
+                      if frozen and n_views > 0 else None)
+            result = train_model(
+                dataset.select(train_rows.tolist()), gene_names,
+                None if ckpt is None else str(ckpt),
+                config_overrides=overrides, profile=prof, dataset_preset=opts.dataset,
+                cached_features=cached, seed=opts.seed,
+                pretrained_encoder=feats.encoder_path if frozen else opts.pretrained_encoder,
+                dataset_metadata=meta, progress=progress,
+            )
+            model = result.model.eval()
+            if frozen and encoder_fingerprint(model) == feats.fingerprint:
+                query_feats = feats.clean[test_rows]  # the very encoder that made the cache
+            else:
+                query_feats = compute_image_features(
+                    model, spots.patches[torch.from_numpy(test_rows)], 1, progress=progress,
+                    channels_last=prof.channels_last,
+                )[0]
+            k = min(int(model.config.retrieval_k), len(model.spot_bank))
+            with torch.no_grad():
+                embeds = model.image_projection(query_feats.float())
+                pred = model.predict_expression(image_embeds=embeds, k=k)
+            predictions[method] = pred.expression.numpy()
+            details[method] = {"k": k, "train_spots": result.train_spots,
+                               "train_seconds": result.seconds,
+                               "final_loss": next((h["loss"] for h in reversed(result.history)
+                                                   if "loss" in h), None),
+                               "checkpoint": str(ckpt) if ckpt is not None else None}
+            timings[f"fold{fold.fold}_{method}"] = time.perf_counter() - t0
+            del result, model
+
+        if "topk_mean_frozen" in opts.methods:
+            t0 = time.perf_counter()
+            k = min(baseline_k, len(train_rows))
+            predictions["topk_mean_frozen"] = topk_mean_predict(
+                train_feats, expression[train_rows], feats.clean[test_rows], k)
+            details["topk_mean_frozen"] = {"k": k}
+            timings[f"fold{fold.fold}_topk_mean_frozen"] = time.perf_counter() - t0
+        if "hest_ridge_probe" in opts.methods:
+            t0 = time.perf_counter()
+            pred, info = ridge_probe_predict(
+                train_feats, expression[train_rows], feats.clean[test_rows], seed=opts.seed)
+            predictions["hest_ridge_probe"] = pred
+            details["hest_ridge_probe"] = info
+            timings[f"fold{fold.fold}_hest_ridge_probe"] = time.perf_counter() - t0
+
+        # ------------------------------------------------------------ evaluate
+        offsets = np.cumsum([0] + [len(r) for r in test_rows_by_section.values()])
+        for method in opts.methods:
+            results, maps = [], {}
+            for j, (section, rows) in enumerate(test_rows_by_section.items()):
+                pred = predictions[method][offsets[j] : offsets[j + 1]]
+                results.append(evaluate_section(pred, expression[rows], gene_names, section=section))
+                maps[section] = (positions[rows], expression[rows], pred)
+            write_section_reports(
+                results, fold_dir, prefix=f"{method}_", maps=maps,
+                extra={"method": method, "label": labels[method], "fold": fold.to_dict(),
+                       "details": details[method]},
+            )
+            section_results[method].extend(results)
+            per_fold[method].append(_fold_summary(fold, results, details=details[method]))
+
+    # ---------------------------------------------------------------- summary
+    methods_out = {}
+    for method in opts.methods:
+        methods_out[method] = {
+            "label": labels[method],
+            "description": descriptions[method],
+            "per_fold": per_fold[method],
+            "mean": average_metrics(section_results[method]),
+        }
+    plot_r_distribution(
+        {labels[m]: np.concatenate([r.per_gene["pearson_r"].to_numpy()
+                                    for r in section_results[m]]) for m in opts.methods},
+        out / "r_distribution.png",
+        title=f"Per-gene Pearson r, all held-out sections ({opts.split} split)",
+    )
+    gene_panel = opts.genes or meta.get("gene_panel_source") or "dataset genes.txt"
+    summary = {
+        "dataset": opts.dataset,
+        "split": opts.split,
+        "profile": prof.name,
+        "profile_description": description,
+        "gene_panel": str(gene_panel),
+        "n_genes": len(gene_names),
+        "expression_units": meta.get("units"),
+        "expression_transform": meta.get("transform"),
+        "sections": sections,
+        "folds": [f.to_dict() for f in folds],
+        "folds_run": [f.fold for f in folds_run],
+        "methods": methods_out,
+        "paper_reported": paper_reported(),
+        "settings": {
+            "profile": {k: getattr(prof, k) for k in prof.__dataclass_fields__},
+            "bn_calibration": bn_calibration,
+            "image_encoder": feature_config.image_encoder,
+            "pretrained_encoder": opts.pretrained_encoder,
+            "retrieval_k": method_k,
+            "baseline_k": baseline_k,
+            "retrieval_distance": feature_config.retrieval_distance,
+            "retrieval_weighting": feature_config.retrieval_weighting,
+            "seed": opts.seed,
+            "dataset_dir": str(dataset_dir),
+        },
+        "timings_seconds": timings,
+        "command": opts.command or "(called from Python: run_benchmark)",
+        "machine": machine,
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "package_version": __version__,
+        "seconds": time.perf_counter() - started,
+    }
+    write_csv(summary_frame(summary), out / "summary.csv")
+    write_text_atomic(summary_markdown(summary), out / "summary.md")
+    write_json(summary, out / "summary.json")  # last: its presence means "finished"
+    return summary
+
+
+__all__ = ["METHODS", "BenchmarkOptions", "machine_description", "profile_description",
+           "run_benchmark"]

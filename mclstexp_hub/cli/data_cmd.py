@@ -1,0 +1,98 @@
+"""`mclstexp data build|push`: raw spatial data → Hub-ready patch dataset (and upload)."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def _build(args: argparse.Namespace) -> int:
+    from mclstexp_hub.data.build import build_dataset
+
+    out = build_dataset(
+        args.kind,
+        args.data_dir,
+        args.out,
+        sections=args.sections,
+        genes_file=args.genes,
+        transform=args.transform,
+        fill_missing=args.fill_missing_genes,
+        patch_size=args.patch_size,
+        target_mpp=args.target_mpp,
+        source_mpp=args.source_mpp,
+        image=args.image,
+        overwrite=args.overwrite,
+        dataset_name=args.name,
+        license=args.license,
+        n_top=args.n_top,
+        min_spots=args.min_spots,
+        flavor=args.hvg_flavor,
+        progress=not args.quiet,
+    )
+    print(f"wrote {out}")
+    return 0
+
+
+def _push(args: argparse.Namespace) -> int:
+    from mclstexp_hub.data.hf_dataset import push_st_dataset
+
+    info = push_st_dataset(args.dataset_dir, args.repo_id, private=args.private)
+    print(f"pushed {args.dataset_dir} to {args.repo_id}: {info}")
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    from mclstexp_hub.data.preprocess import DEFAULT_TRANSFORM, HVG_FLAVORS, TRANSFORMS
+
+    data = subparsers.add_parser("data", help="build and upload patch datasets")
+    sub = data.add_subparsers(dest="data_command", metavar="SUBCOMMAND")
+    sub.required = True
+
+    build = sub.add_parser(
+        "build",
+        help="read raw sections, preprocess expression, cut patches, write parquet + card",
+        description=(
+            "her2st: --data-dir is the her2st 'data/' folder; cscc: the GEO GSE144240 files; "
+            "visium: Space Ranger outs/ (+ --image); h5ad: the .h5ad file (+ --image)."
+        ),
+    )
+    build.add_argument("kind", choices=["her2st", "cscc", "visium", "h5ad"])
+    build.add_argument("--data-dir", required=True, help="input folder (or .h5ad file)")
+    build.add_argument("--out", required=True, help="output dataset folder")
+    build.add_argument("--sections", nargs="+", default=None, help="sections to include")
+    build.add_argument(
+        "--genes", default=None, help="ordered gene panel (.txt one per line / .npy)"
+    )
+    build.add_argument(
+        "--transform",
+        choices=list(TRANSFORMS),
+        default=DEFAULT_TRANSFORM,
+        help="expression transform (default: the reference code's log10 1e4, paper's numbers)",
+    )
+    build.add_argument(
+        "--fill-missing-genes",
+        action="store_true",
+        help="zero-fill panel genes absent from a section (reported) instead of failing",
+    )
+    build.add_argument("--patch-size", type=int, default=224)
+    build.add_argument("--target-mpp", type=float, default=None, help="resample to µm/pixel")
+    build.add_argument(
+        "--source-mpp",
+        type=float,
+        default=None,
+        help="µm/pixel of the full-resolution image(s), overriding the readers' estimate",
+    )
+    build.add_argument("--image", default=None, help="full-resolution image (visium/h5ad)")
+    build.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    build.add_argument("--name", default=None, help="config/dataset name (default: the kind)")
+    build.add_argument("--license", default=None, help="licence terms of the source data")
+    build.add_argument("--n-top", type=int, default=1000, help="recipe: HVGs per section")
+    build.add_argument("--min-spots", type=int, default=1000, help="recipe: min expressing spots")
+    build.add_argument("--hvg-flavor", choices=list(HVG_FLAVORS), default="seurat")
+    build.add_argument("--quiet", action="store_true", help="no progress bar")
+    build.set_defaults(func=_build)
+
+    push = sub.add_parser("push", help="upload a built dataset folder to a Hub dataset repo")
+    push.add_argument("dataset_dir")
+    push.add_argument("repo_id")
+    push.add_argument("--private", action="store_true")
+    push.set_defaults(func=_push)

@@ -1,0 +1,617 @@
+"""The `spatial-gene-expression` pipeline: H&E patches or a whole slide → predicted expression.
+
+Three kinds of input, one pipeline:
+
+* one patch (PIL image, path, or uint8 array) → `{gene: value}` in panel order (`top_n=N`: the N
+  highest, descending);
+* a list of patches → a list of those (batched with `batch_size`);
+* a whole slide `{"image": path | PIL | slide object, "spots": DataFrame | (N, 2) array}` with
+  full-resolution pixel centres → an `AnnData` following scanpy's spatial conventions
+  (`obsm["spatial"]`, `uns["spatial"][library_id]` with a downscaled image and scale factors),
+  with units and provenance in `uns["mclstexp"]`. The slide streams through the model
+  `batch_size` patches at a time; pyramidal TIFF/SVS files are read region by region with
+  tiffslide when it is installed, so memory is bounded by the batch, not the slide.
+
+Prediction is retrieval: the image tower embeds each patch, the spot bank that ships with the
+checkpoint supplies the expression of the k most similar reference spots (see the model).
+
+Hub-bound remote code: imports only third-party packages and, relatively, its siblings, so a
+checkpoint saved with `save_pipeline_code` loads with
+`pipeline("spatial-gene-expression", model=DIR_OR_ID, trust_remote_code=True)` where
+`mclstexp_hub` is not installed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+import warnings
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from transformers import Pipeline
+
+from .image_processing_mclstexp import PAD_VALUE, MclSTExpImageProcessor
+
+logger = logging.getLogger(__name__)
+
+TASK = "spatial-gene-expression"
+PIPELINE_FILENAME = "pipeline_mclstexp.py"
+DEFAULT_SLIDE_BATCH_SIZE = 32
+HIRES_MAX_SIZE = 2000  # longest side of the stored thumbnail, as Space Ranger's hires image
+PYRAMID_SUFFIXES = {".svs", ".ndpi", ".scn", ".mrxs", ".vms", ".vmu", ".bif", ".qptiff"}
+TIFF_SUFFIXES = {".tif", ".tiff"}
+
+
+# ---------------------------------------------------------------------------- slide reading
+def crop_window(cx: float, cy: float, size: int) -> tuple[int, int]:
+    """Top-left corner of the `size` window centred on (cx, cy) — the training convention.
+
+    A spot at integer centre c covers [c - size // 2, c - size // 2 + size).
+    """
+    return int(np.floor(cx + 0.5)) - size // 2, int(np.floor(cy + 0.5)) - size // 2
+
+
+class PatchReader:
+    """Minimal full-resolution reader: square patches around spot centres and a thumbnail.
+
+    Accepts a path (JPEG/PNG/flat TIFF decoded once; tiled/pyramidal TIFF and SVS-like files read
+    region by region through tiffslide), a PIL image, an (H, W, 3) uint8 array, or any object with
+    `width`, `height`, `read_region(x0, y0, w, h)` and `thumbnail(max_size)` (such as
+    `mclstexp_hub.data.slide.open_slide(...)`). Pixels beyond the image are white (255).
+    """
+
+    def __init__(self, image: Any) -> None:
+        self.path: str | None = None
+        self._slide = None
+        self._array: np.ndarray | None = None
+        if hasattr(image, "read_region") and hasattr(image, "width") and hasattr(image, "height") \
+                and not isinstance(image, Image.Image):
+            self._slide = image
+            self.path = str(getattr(image, "path", "")) or None
+            self.width, self.height = int(image.width), int(image.height)
+            return
+        if isinstance(image, (str, os.PathLike)):
+            self.path = os.fspath(image)
+            if not os.path.isfile(self.path):
+                raise FileNotFoundError(
+                    f"image not found: {self.path}. Pass the full-resolution H&E image of the slide."
+                )
+            suffix = Path(self.path).suffix.lower()
+            if suffix in PYRAMID_SUFFIXES or (suffix in TIFF_SUFFIXES and _is_tiled_tiff(self.path)):
+                self._slide = _open_tiffslide(self.path)
+                self.width, self.height = (int(v) for v in self._slide.dimensions)
+                return
+            image = _decode_image(self.path)
+        if isinstance(image, Image.Image):
+            image = np.asarray(image.convert("RGB"), dtype=np.uint8)
+        array = np.asarray(image)
+        if array.ndim != 3 or array.shape[2] != 3 or array.dtype != np.uint8:
+            raise ValueError(
+                "the slide image must be an RGB uint8 image (H, W, 3); got "
+                f"{array.shape} {array.dtype}."
+            )
+        self._array = array
+        self.height, self.width = array.shape[:2]
+
+    def read_region(self, x0: int, y0: int, w: int, h: int) -> np.ndarray:
+        """(h, w, 3) uint8 window at (x0, y0); outside pixels are white."""
+        if self._slide is not None and not hasattr(self._slide, "dimensions"):
+            return np.asarray(self._slide.read_region(x0, y0, w, h), dtype=np.uint8)
+        out = np.full((h, w, 3), PAD_VALUE, dtype=np.uint8)
+        sx0, sy0 = max(x0, 0), max(y0, 0)
+        sx1, sy1 = min(x0 + w, self.width), min(y0 + h, self.height)
+        if sx1 <= sx0 or sy1 <= sy0:
+            return out
+        if self._array is not None:
+            region = self._array[sy0:sy1, sx0:sx1]
+        else:  # tiffslide
+            region = np.asarray(self._slide.read_region((sx0, sy0), 0, (sx1 - sx0, sy1 - sy0)))
+            if region.ndim == 3 and region.shape[2] == 4:  # transparent = outside the scan
+                alpha = region[..., 3:4].astype(np.float32) / 255.0
+                region = (region[..., :3] * alpha + PAD_VALUE * (1 - alpha)).round().astype(np.uint8)
+        out[sy0 - y0 : sy1 - y0, sx0 - x0 : sx1 - x0] = region[..., :3]
+        return out
+
+    def read_patch(self, cx: float, cy: float, size: int) -> np.ndarray:
+        x0, y0 = crop_window(cx, cy, size)
+        return self.read_region(x0, y0, size, size)
+
+    def thumbnail(self, max_size: int = HIRES_MAX_SIZE) -> tuple[np.ndarray, float]:
+        """(thumbnail uint8 (h, w, 3), scale factor full-resolution → thumbnail pixels)."""
+        scale = min(1.0, max_size / max(self.width, self.height))
+        size = (max(1, round(self.width * scale)), max(1, round(self.height * scale)))
+        if self._array is not None:
+            thumb = Image.fromarray(self._array).resize(size, Image.BILINEAR, reducing_gap=3.0)
+        elif hasattr(self._slide, "get_thumbnail"):
+            thumb = self._slide.get_thumbnail(size).convert("RGB")
+        else:
+            thumb = self._slide.thumbnail(max_size)
+            thumb = thumb if isinstance(thumb, Image.Image) else Image.fromarray(np.asarray(thumb))
+            thumb = thumb.convert("RGB")
+        thumb_arr = np.asarray(thumb, dtype=np.uint8)
+        return thumb_arr, thumb_arr.shape[1] / self.width
+
+
+def _decode_image(path: str) -> np.ndarray:
+    old_limit = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = None  # whole-slide images exceed PIL's decompression-bomb guard
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                img.load()
+                return np.asarray(img.convert("RGB"), dtype=np.uint8)
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise ValueError(
+            f"{path}: cannot decode image ({exc}). The file is unreadable or truncated; "
+            "re-export it as JPEG/PNG/TIFF."
+        ) from exc
+    finally:
+        Image.MAX_IMAGE_PIXELS = old_limit
+
+
+def _is_tiled_tiff(path: str) -> bool:
+    try:
+        import tifffile
+    except ImportError:
+        return False
+    try:
+        with tifffile.TiffFile(path) as tif:
+            return len(tif.series[0].levels) > 1 or bool(tif.pages[0].is_tiled)
+    except Exception as exc:  # noqa: BLE001 - tifffile raises many types on bad files
+        raise ValueError(f"{path}: not a readable TIFF ({exc}).") from exc
+
+
+def _open_tiffslide(path: str):
+    try:
+        import tiffslide
+    except ImportError as exc:
+        raise ImportError(
+            f"{path} is a pyramidal slide; reading it region by region needs tiffslide "
+            "(pip install tiffslide)."
+        ) from exc
+    try:
+        return tiffslide.TiffSlide(path)
+    except Exception as exc:  # noqa: BLE001
+        raise ValueError(f"{path}: tiffslide cannot open this slide ({exc}).") from exc
+
+
+# ------------------------------------------------------------------------------ spot tables
+def spot_table(spots: Any):
+    """A DataFrame with `pixel_x`, `pixel_y` (full-resolution centres) and a unique `spot_id`."""
+    import pandas as pd
+
+    if isinstance(spots, pd.DataFrame):
+        missing = [c for c in ("pixel_x", "pixel_y") if c not in spots.columns]
+        if missing:
+            raise ValueError(
+                f"spots table lacks column(s) {missing}; it needs `pixel_x` and `pixel_y` "
+                "(full-resolution pixel centres) and optionally `spot_id`. Columns found: "
+                f"{list(spots.columns)[:12]}."
+            )
+        table = spots.reset_index(drop=True).copy()
+    else:
+        xy = np.asarray(spots, dtype=np.float64)
+        if xy.ndim != 2 or xy.shape[1] != 2:
+            raise ValueError(
+                f"spots must be a DataFrame with pixel_x/pixel_y or an (n, 2) array of "
+                f"full-resolution (x, y) pixel centres; got shape {xy.shape}."
+            )
+        table = pd.DataFrame({"pixel_x": xy[:, 0], "pixel_y": xy[:, 1]})
+    if len(table) == 0:
+        raise ValueError("spots table is empty: give at least one spot centre.")
+    xy = table[["pixel_x", "pixel_y"]].to_numpy(dtype=np.float64)
+    if not np.isfinite(xy).all():
+        raise ValueError(f"spots: {int((~np.isfinite(xy)).any(axis=1).sum())} spot(s) have "
+                         "missing/non-numeric pixel_x/pixel_y.")
+    table["pixel_x"], table["pixel_y"] = xy[:, 0], xy[:, 1]
+    if "spot_id" not in table.columns:
+        width = len(str(len(table) - 1))
+        table["spot_id"] = [f"spot_{i:0{width}d}" for i in range(len(table))]
+    table["spot_id"] = table["spot_id"].astype(str)
+    dup = table["spot_id"][table["spot_id"].duplicated()].unique()
+    if len(dup):
+        raise ValueError(f"spots: duplicate spot_id(s) {list(dup[:10])}; each spot must appear once.")
+    return table
+
+
+def check_spots_inside(table, width: int, height: int, image_name: str) -> None:
+    """Refuse spot centres outside the image (wrong image/coordinate pairing)."""
+    x, y = table["pixel_x"].to_numpy(), table["pixel_y"].to_numpy()
+    outside = ~((x >= 0) & (x < width) & (y >= 0) & (y < height))
+    if outside.any():
+        bad = table["spot_id"][outside].tolist()
+        raise ValueError(
+            f"{image_name}: {len(bad)} spot centre(s) lie outside the {width}x{height} image, e.g. "
+            f"{bad[:10]}. Spot coordinates must be full-resolution pixels of this image (not "
+            "hires/lowres PNG pixels); check that the spots belong to this image."
+        )
+
+
+# ------------------------------------------------------------------------------ AnnData
+def _plain(value: Any) -> Any:
+    """A value h5ad can store in `uns` (None → "", nested dicts kept, numpy → Python)."""
+    if value is None:
+        return ""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        items = [_plain(v) for v in value]
+        if all(isinstance(v, str) for v in items) or all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) for v in items
+        ):
+            return items
+        return json.dumps(items, default=str)
+    if isinstance(value, (np.integer,)):
+        return int(value)
+    if isinstance(value, (np.floating,)):
+        return float(value)
+    if isinstance(value, (str, int, float, bool, np.ndarray)):
+        return value
+    return str(value)
+
+
+def build_prediction_anndata(
+    expression: np.ndarray,
+    gene_names: list[str],
+    spots,
+    thumbnail: np.ndarray,
+    scalefactor: float,
+    spot_diameter_fullres: float,
+    library_id: str,
+    provenance: dict[str, Any],
+    image_metadata: dict[str, Any] | None = None,
+):
+    """Predicted expression as AnnData that `scanpy.pl.spatial` draws unchanged."""
+    import anndata as ad
+    import pandas as pd
+
+    obs = spots.copy()
+    obs.index = pd.Index(obs["spot_id"].astype(str).to_numpy(), name=None)
+    for column in obs.columns:
+        if obs[column].dtype == object:
+            obs[column] = obs[column].astype(str)
+    adata = ad.AnnData(
+        X=np.ascontiguousarray(expression, dtype=np.float32),
+        obs=obs,
+        var=pd.DataFrame(index=pd.Index([str(g) for g in gene_names])),
+    )
+    adata.obsm["spatial"] = obs[["pixel_x", "pixel_y"]].to_numpy(dtype=np.float64)
+    adata.uns["spatial"] = {
+        library_id: {
+            "images": {"hires": np.ascontiguousarray(thumbnail, dtype=np.uint8)},
+            "scalefactors": {
+                "tissue_hires_scalef": float(scalefactor),
+                "spot_diameter_fullres": float(spot_diameter_fullres),
+            },
+            "metadata": _plain(image_metadata or {}),
+        }
+    }
+    adata.uns["mclstexp"] = _plain(provenance)
+    return adata
+
+
+def _package_version() -> str:
+    try:
+        from importlib.metadata import PackageNotFoundError, version
+    except ImportError:  # pragma: no cover - stdlib
+        return "unknown"
+    try:
+        return version("mclstexp-hub")
+    except PackageNotFoundError:
+        return "not installed (loaded as remote code)"
+
+
+# ------------------------------------------------------------------------------ pipeline
+class MclSTExpPipeline(Pipeline):
+    """Predict spatial gene expression from H&E with an mclSTExp checkpoint and its spot bank.
+
+    ```python
+    from transformers import pipeline
+    pipe = pipeline("spatial-gene-expression", model="path/or/hub-id", trust_remote_code=True)
+    pipe("patch.png", top_n=10)                      # {gene: value}, 10 highest
+    pipe(["a.png", "b.png"], batch_size=16)          # list of dicts
+    adata = pipe({"image": "slide.jpg", "spots": df}, batch_size=64)   # AnnData
+    ```
+    Call options: `top_n`, `k` (neighbours), `distance`, `weighting`, `return_tensors`
+    (tensor outputs for patches); for slides also `library_id`, `spot_diameter`, `progress`.
+    """
+
+    _load_processor = False
+    _load_image_processor = None  # optional: built from the model config when absent
+    _load_feature_extractor = False
+    _load_tokenizer = False
+    _load_video_processor = False
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        config = self.model.config
+        if getattr(self.model, "spot_bank", None) is None:
+            raise ValueError(
+                f"The model {getattr(config, '_name_or_path', '') or ''!s} has no spot bank, so it "
+                "cannot predict expression (mclSTExp predicts by retrieval from reference spots). "
+                "Use a checkpoint with spot_bank.safetensors, or attach one with "
+                "`model.attach_spot_bank(...)` / `mclstexp bank build CKPT --dataset ...`."
+            )
+        if self.image_processor is None:
+            logger.warning(
+                "No image processor found with the model; using patch_size=%s, pixel_scaling=%r "
+                "from its config.", config.patch_size, config.pixel_scaling,
+            )
+            self.image_processor = MclSTExpImageProcessor(
+                patch_size=config.patch_size, pixel_scaling=config.pixel_scaling
+            )
+        for field in ("patch_size", "pixel_scaling"):
+            have, want = getattr(self.image_processor, field, None), getattr(config, field)
+            if have != want:
+                raise ValueError(
+                    f"The image processor's {field}={have!r} differs from the model's "
+                    f"config.{field}={want!r}; predictions would use pixels unlike training. "
+                    "Save the matching processor with "
+                    "`MclSTExpImageProcessor.from_model_config(model.config).save_pretrained(dir)`."
+                )
+
+    # ---------------------------------------------------------------- parameters
+    def _sanitize_parameters(
+        self,
+        top_n: int | None = None,
+        k: int | None = None,
+        distance: str | None = None,
+        weighting: str | None = None,
+        return_tensors: bool | None = None,
+        timeout: float | None = None,
+        **kwargs: Any,
+    ):
+        if kwargs:
+            raise TypeError(
+                f"spatial-gene-expression got unknown option(s) {sorted(kwargs)}; known: top_n, k, "
+                "distance, weighting, return_tensors, timeout, batch_size."
+            )
+        preprocess = {} if timeout is None else {"timeout": timeout}
+        forward = {}
+        if k is not None:
+            forward["k"] = self._check_k(k)
+        if distance is not None:
+            forward["distance"] = distance
+        if weighting is not None:
+            forward["weighting"] = weighting
+        postprocess = {}
+        if top_n is not None:
+            if not isinstance(top_n, int) or top_n < 1:
+                raise ValueError(f"top_n must be a positive integer; got {top_n!r}.")
+            postprocess["top_n"] = top_n
+        if return_tensors is not None:
+            postprocess["return_tensors"] = bool(return_tensors)
+        return preprocess, forward, postprocess
+
+    def _check_k(self, k: Any) -> int:
+        n = len(self.model.spot_bank)
+        if not isinstance(k, int) or isinstance(k, bool) or k < 1:
+            raise ValueError(f"k must be a positive integer; got {k!r}.")
+        if k > n:
+            raise ValueError(f"k={k} is larger than the spot bank ({n} spots); use k <= {n}.")
+        return k
+
+    # -------------------------------------------------------------------- calls
+    def __call__(self, inputs: Any, **kwargs: Any):
+        """Patch(es) → {gene: value} (list for a list); {"image", "spots"} → AnnData."""
+        if isinstance(inputs, dict):
+            if "image" not in inputs or "spots" not in inputs:
+                raise ValueError(
+                    "a whole-slide input is a dict {'image': path_or_PIL, 'spots': DataFrame with "
+                    f"pixel_x/pixel_y or (n, 2) array}}; got keys {sorted(inputs)}."
+                )
+            return self.predict_slide(inputs["image"], inputs["spots"], **kwargs)
+        if isinstance(inputs, tuple):
+            inputs = list(inputs)
+        if isinstance(inputs, list) and not inputs:
+            return []
+        return super().__call__(inputs, **kwargs)
+
+    def preprocess(self, image: Any, timeout: float | None = None) -> dict[str, torch.Tensor]:
+        if isinstance(image, (str, os.PathLike)):
+            from transformers.image_utils import load_image
+
+            path = os.fspath(image)
+            if not (path.startswith(("http://", "https://")) or os.path.isfile(path)):
+                raise FileNotFoundError(f"patch image not found: {path}")
+            try:
+                image = load_image(path, timeout=timeout)
+            except Exception as exc:  # noqa: BLE001 - PIL raises several types
+                raise ValueError(f"{path}: cannot decode image ({exc}).") from exc
+        inputs = self.image_processor(image, return_tensors="pt")
+        return {"pixel_values": inputs["pixel_values"].to(self.dtype)}
+
+    def _forward(self, model_inputs: dict[str, torch.Tensor], k: int | None = None,
+                 distance: str | None = None, weighting: str | None = None) -> dict[str, Any]:
+        pred = self.model.predict_expression(
+            pixel_values=model_inputs["pixel_values"], k=k, distance=distance, weighting=weighting
+        )
+        # Only batched tensors: the pipeline's batching splits every value along dim 0.
+        return {
+            "expression": pred.expression,
+            "neighbour_indices": pred.neighbour_indices,
+            "neighbour_weights": pred.neighbour_weights,
+            "image_embeds": pred.image_embeds,
+        }
+
+    def postprocess(self, model_outputs: dict[str, Any], top_n: int | None = None,
+                    return_tensors: bool = False):
+        expression = model_outputs["expression"][0].float()
+        if return_tensors:
+            return {key: value[0] for key, value in model_outputs.items()}
+        genes = list(self.model.config.gene_names)
+        values = expression.tolist()
+        if top_n is None:
+            return dict(zip(genes, values, strict=True))
+        order = np.argsort(-np.asarray(values), kind="stable")[:top_n]
+        return {genes[i]: values[i] for i in order}
+
+    # --------------------------------------------------------------- whole slide
+    @torch.no_grad()
+    def predict_slide(
+        self,
+        image: Any,
+        spots: Any,
+        batch_size: int | None = None,
+        k: int | None = None,
+        distance: str | None = None,
+        weighting: str | None = None,
+        library_id: str | None = None,
+        spot_diameter: float | None = None,
+        progress: bool = False,
+        provenance: dict[str, Any] | None = None,
+        **unused: Any,
+    ):
+        """Predict every spot of a slide; returns AnnData (see module docstring).
+
+        Patches are read, processed and embedded `batch_size` at a time, and retrieval runs on
+        each batch, so only the (n_spots, n_genes) result grows with the slide.
+        """
+        if unused:
+            raise TypeError(f"predict_slide got unknown option(s) {sorted(unused)}.")
+        config = self.model.config
+        bank = self.model.spot_bank
+        k = self._check_k(int(k if k is not None else config.retrieval_k))
+        distance = distance or config.retrieval_distance
+        weighting = weighting or config.retrieval_weighting
+        batch_size = int(batch_size or self._batch_size or DEFAULT_SLIDE_BATCH_SIZE)
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1; got {batch_size}.")
+        table = spot_table(spots)
+        reader = PatchReader(image)
+        name = reader.path or "the slide image"
+        check_spots_inside(table, reader.width, reader.height, name)
+        size = int(config.patch_size)
+        xy = table[["pixel_x", "pixel_y"]].to_numpy(dtype=np.float64)
+        out = np.empty((len(table), config.n_genes), dtype=np.float32)
+        bar = None
+        if progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=len(table), unit="spot", desc="predict")
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            for start in range(0, len(table), batch_size):
+                chunk = xy[start : start + batch_size]
+                patches = [reader.read_patch(cx, cy, size) for cx, cy in chunk]
+                pixels = self.image_processor(patches, return_tensors="pt")["pixel_values"]
+                pixels = pixels.to(device=self.device, dtype=self.dtype)
+                embeds = self.model.get_image_features(pixels)
+                pred = self.model.predict_expression(
+                    image_embeds=embeds, k=k, distance=distance, weighting=weighting
+                )
+                out[start : start + len(chunk)] = pred.expression.float().numpy()
+                if bar is not None:
+                    bar.update(len(chunk))
+        finally:
+            self.model.train(was_training)
+            if bar is not None:
+                bar.close()
+        thumb, scale = reader.thumbnail(HIRES_MAX_SIZE)
+        library_id = library_id or (Path(reader.path).stem if reader.path else "slide")
+        record = {
+            "task": TASK,
+            "model": str(getattr(config, "_name_or_path", "") or ""),
+            "model_revision": str(getattr(config, "_commit_hash", "") or ""),
+            "units": config.expression_units or bank.metadata.get("expression_units")
+            or "unknown (the checkpoint does not record its expression units)",
+            "expression_transform": config.expression_transform
+            or bank.metadata.get("expression_transform") or "unknown",
+            "retrieval_k": k,
+            "retrieval_distance": distance,
+            "retrieval_weighting": weighting,
+            "patch_size": size,
+            "pixel_scaling": config.pixel_scaling,
+            "image_encoder": config.image_encoder,
+            "spot_bank_n_spots": len(bank),
+            "spot_bank_sections": sorted(set(bank.section_ids)),
+            "spot_bank_patients": sorted(set(bank.patient_ids)),
+            "spot_bank_metadata_json": json.dumps(bank.metadata, default=str, sort_keys=True),
+            "package_version": _package_version(),
+            "transformers_version": _transformers_version(),
+            "device": str(self.device),
+            "image": str(reader.path or ""),
+            "image_width": reader.width,
+            "image_height": reader.height,
+            "n_spots": len(table),
+            "library_id": library_id,
+            "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        }
+        record.update(provenance or {})
+        return build_prediction_anndata(
+            out,
+            list(config.gene_names),
+            table,
+            thumb,
+            scale,
+            float(spot_diameter or size),
+            library_id,
+            record,
+            image_metadata={"source_image": reader.path or "", "width": reader.width,
+                            "height": reader.height},
+        )
+
+
+def _transformers_version() -> str:
+    import transformers
+
+    return str(transformers.__version__)
+
+
+# ------------------------------------------------------------------- saving the pipeline code
+def custom_pipeline_entry() -> dict[str, Any]:
+    """The `custom_pipelines` entry of config.json that transformers resolves remotely."""
+    module = MclSTExpPipeline.__module__.split(".")[-1]
+    return {TASK: {"impl": f"{module}.{MclSTExpPipeline.__name__}", "pt": ["AutoModel"],
+                   "type": "image"}}
+
+
+def save_pipeline_code(save_directory: str | os.PathLike) -> list[str]:
+    """Make a saved checkpoint loadable with `pipeline(TASK, model=dir, trust_remote_code=True)`.
+
+    Copies this file (and its relative imports) next to the weights and records
+    `custom_pipelines` in the directory's config.json (written atomically). Call it after
+    `model.save_pretrained(dir)`.
+    """
+    from transformers.dynamic_module_utils import custom_object_save
+
+    folder = Path(save_directory)
+    config_path = folder / "config.json"
+    if not config_path.is_file():
+        raise FileNotFoundError(
+            f"{config_path} not found: save the model first (model.save_pretrained({str(folder)!r}))."
+        )
+    copied = [str(p) for p in custom_object_save(MclSTExpPipeline, folder) or []]
+    config = json.loads(config_path.read_text(encoding="utf-8"))
+    config["custom_pipelines"] = custom_pipeline_entry()
+    fd, tmp = tempfile.mkstemp(prefix=".config.json.", dir=folder)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(json.dumps(config, indent=2, sort_keys=True) + "\n")
+        os.chmod(tmp, os.stat(config_path).st_mode & 0o777)  # keep config.json's permissions
+        os.replace(tmp, config_path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return copied
+
+
+__all__ = [
+    "MclSTExpPipeline",
+    "PatchReader",
+    "TASK",
+    "build_prediction_anndata",
+    "crop_window",
+    "custom_pipeline_entry",
+    "save_pipeline_code",
+    "spot_table",
+]

@@ -1,0 +1,226 @@
+"""Slide → `pred.h5ad` (+ gene maps): what `mclstexp predict` runs.
+
+The heavy lifting is the `spatial-gene-expression` pipeline (Hub-bound, so remote-code users
+get the same behaviour); this module adds what a command-line user needs around it: spot
+tables from a CSV / Space Ranger / a tissue grid, observed expression in the model's units,
+provenance, atomic writing and pictures.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..pipeline_mclstexp import TASK, MclSTExpPipeline
+from .io import check_output_path, write_h5ad_atomic
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_BATCH_SIZE = 32
+
+
+def ensure_registered() -> None:
+    """Register the image processor and the pipeline task with transformers (idempotent)."""
+    from transformers import AutoImageProcessor, AutoModel
+    from transformers.pipelines import PIPELINE_REGISTRY
+
+    from ..configuration_mclstexp import MclSTExpConfig
+    from ..image_processing_mclstexp import MclSTExpImageProcessor
+
+    AutoImageProcessor.register(
+        MclSTExpConfig, image_processor_classes={"torchvision": MclSTExpImageProcessor}, exist_ok=True
+    )
+    if PIPELINE_REGISTRY.supported_tasks.get(TASK, {}).get("impl") is not MclSTExpPipeline:
+        PIPELINE_REGISTRY.register_pipeline(
+            TASK, pipeline_class=MclSTExpPipeline, pt_model=AutoModel, type="image"
+        )
+
+
+def resolve_device(device: str | None) -> str:
+    """"cpu", "cuda" (error when unavailable), or None → cuda when available, else cpu."""
+    import torch
+
+    if device is None:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError("--device cuda was requested but no CUDA GPU is available; use --device cpu.")
+    return device
+
+
+def load_pipeline(
+    model: str | Path,
+    device: str | None = None,
+    revision: str | None = None,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+) -> MclSTExpPipeline:
+    """The installed `spatial-gene-expression` pipeline for a checkpoint directory or Hub id.
+
+    Uses this package's classes even when the checkpoint also carries remote code (transformers
+    would otherwise insist on `trust_remote_code=True` for a config with `custom_pipelines`).
+    """
+    from transformers import pipeline
+
+    ensure_registered()
+    model = str(model)
+    path = Path(model).expanduser()
+    looks_local = path.exists() or model.startswith((".", "/", "~")) or model.count("/") != 1
+    if looks_local:
+        if not path.is_dir():
+            raise FileNotFoundError(
+                f"model not found: {model}. Pass a checkpoint directory (with config.json, "
+                "model.safetensors, spot_bank.safetensors) or a Hub model id 'org/name'."
+            )
+        if not (path / "config.json").is_file():
+            raise FileNotFoundError(f"{path}/config.json not found: {path} is not a saved checkpoint.")
+        model = str(path)
+    return pipeline(
+        TASK,
+        model=model,
+        revision=revision,
+        device=resolve_device(device),
+        pipeline_class=MclSTExpPipeline,
+        batch_size=batch_size,
+    )
+
+
+@dataclass
+class PredictionResult:
+    """What `predict_to_h5ad` produced."""
+
+    adata: Any
+    path: Path
+    plots: list[Path] = field(default_factory=list)
+    observed_mean_r: float | None = None
+
+
+def _spots_for(slide, *, spots_csv, visium, tile, patch_size, tile_pitch, min_tissue_fraction):
+    from .spots import read_spots_csv, read_visium_spots
+    from .tiling import tile_spots
+
+    chosen = [name for name, value in (("--spots", spots_csv), ("--visium", visium),
+                                      ("--tile", tile)) if value]
+    if len(chosen) != 1:
+        raise ValueError(
+            "give exactly one of --spots CSV, --visium OUTS_DIR or --tile (got "
+            f"{chosen or 'none'})."
+        )
+    if spots_csv:
+        return read_spots_csv(spots_csv), None, f"csv: {spots_csv}"
+    if visium:
+        table, scalefactors = read_visium_spots(visium)
+        diameter = scalefactors.get("spot_diameter_fullres")
+        return table, (float(diameter) if diameter else None), f"visium: {visium}"
+    pitch = float(tile_pitch or patch_size)
+    table = tile_spots(slide, pitch=pitch, patch_size=patch_size,
+                       min_tissue_fraction=min_tissue_fraction)
+    source = (f"tile: regular grid, pitch {pitch:g} px, tissue by Otsu on thumbnail saturation, "
+              f">= {min_tissue_fraction:.0%} tissue per patch")
+    return table, None, source
+
+
+def add_observed(adata, observed: str | Path, gene_names: list[str], transform: str | None) -> float:
+    """Put observed expression (model units) in `layers["observed"]`, r per gene in `var`."""
+    from .observed import observed_in_model_units, read_counts_table
+    from ..evaluation.metrics import pearson_per_gene
+
+    counts = read_counts_table(observed)
+    values, matched = observed_in_model_units(
+        counts, gene_names, transform, list(adata.obs_names), source=str(observed)
+    )
+    adata.layers["observed"] = values
+    r = np.full(len(gene_names), np.nan)
+    if matched.sum() >= 2:
+        r, _ = pearson_per_gene(np.asarray(adata.X)[matched], values[matched])
+    adata.var["pearson_r"] = r.astype(np.float64)
+    finite = r[np.isfinite(r)]
+    mean_r = float(finite.mean()) if finite.size else float("nan")
+    info = adata.uns["mclstexp"]
+    info["observed_source"] = str(observed)
+    info["observed_n_spots_matched"] = int(matched.sum())
+    info["observed_mean_pearson_r"] = mean_r
+    return mean_r
+
+
+def predict_to_h5ad(
+    model: str | Path,
+    image: str | Path,
+    out: str | Path,
+    *,
+    spots_csv: str | Path | None = None,
+    visium: str | Path | None = None,
+    tile: bool = False,
+    plot_genes: Sequence[str] = (),
+    plot_dir: str | Path | None = None,
+    observed: str | Path | None = None,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    device: str | None = None,
+    revision: str | None = None,
+    k: int | None = None,
+    library_id: str | None = None,
+    tile_pitch: float | None = None,
+    min_tissue_fraction: float = 0.5,
+    overwrite: bool = False,
+    progress: bool = True,
+    pipe: MclSTExpPipeline | None = None,
+) -> PredictionResult:
+    """Predict every spot of `image` and write `out` (.h5ad) atomically; draw `plot_genes`."""
+    from mclstexp_hub.data.slide import open_slide
+
+    out = check_output_path(out, overwrite)  # fail before any slow work
+    if batch_size < 1:
+        raise ValueError(f"--batch-size must be >= 1; got {batch_size}.")
+    pipe = pipe or load_pipeline(model, device=device, revision=revision, batch_size=batch_size)
+    config = pipe.model.config
+    genes = list(config.gene_names)
+    unknown = [g for g in plot_genes if g not in set(genes)]
+    if unknown:
+        import difflib
+
+        hints = {g: difflib.get_close_matches(g, genes, n=3) for g in unknown}
+        raise ValueError(
+            f"--plot gene(s) {unknown} are not in the model's gene panel ({len(genes)} genes); "
+            f"close matches: {hints}. Plot genes of config.gene_names."
+        )
+    slide = open_slide(image)
+    try:
+        table, diameter, source = _spots_for(
+            slide, spots_csv=spots_csv, visium=visium, tile=tile, patch_size=config.patch_size,
+            tile_pitch=tile_pitch, min_tissue_fraction=min_tissue_fraction,
+        )
+        if visium and observed is None and (Path(visium) / "filtered_feature_bc_matrix.h5").is_file():
+            observed = Path(visium)
+        adata = pipe.predict_slide(
+            slide, table, batch_size=batch_size, k=k, library_id=library_id or Path(image).stem,
+            spot_diameter=diameter, progress=progress,
+            provenance={"model": str(model), "model_revision": revision
+                        or str(getattr(config, "_commit_hash", "") or ""),
+                        "spots_source": source, "image": str(image)},
+        )
+    finally:
+        slide.close()
+    mean_r = None
+    if observed is not None:
+        mean_r = add_observed(adata, observed, genes, config.expression_transform)
+    path = write_h5ad_atomic(adata, out, overwrite=overwrite)
+    plots: list[Path] = []
+    if plot_genes:
+        from ..visualization.spatial_maps import save_gene_maps
+
+        folder = Path(plot_dir) if plot_dir else out.parent / f"{out.stem}_maps"
+        plots = save_gene_maps(adata, list(plot_genes), folder)
+    return PredictionResult(adata=adata, path=path, plots=plots, observed_mean_r=mean_r)
+
+
+__all__ = [
+    "PredictionResult",
+    "add_observed",
+    "ensure_registered",
+    "load_pipeline",
+    "predict_to_h5ad",
+    "resolve_device",
+]

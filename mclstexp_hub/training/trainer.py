@@ -1,0 +1,559 @@
+"""Train mclSTExp with `transformers.Trainer`, then build the spot bank and save a checkpoint.
+
+One code path for every mode: a thin `ContrastiveTrainingModule` around `MclSTExpModel` takes
+either pixels (end-to-end, or a frozen encoder run every step) or cached pooled encoder features
+(the CPU profile), computes the model's symmetric contrastive loss, and is what the Trainer
+(and, under `torchrun` / `accelerate launch`, DistributedDataParallel) sees. The spots of one
+batch form the spot tower's attention sequence; under several processes each process's batch is
+its own sequence of `batch_size` spots (the global batch is `batch_size × world size`).
+
+The checkpoint directory written at the end holds the model (config + safetensors + remote
+code), the spot bank of all training spots, the image processor and `training_info.json`. It is
+staged in a hidden folder and moved into place file by file, `config.json` last, so a folder
+that `from_pretrained` can load is always complete.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..configuration_mclstexp import MclSTExpConfig
+from ..modeling_mclstexp import MclSTExpModel, contrastive_loss
+from .bank import build_bank_from_dataset, check_dataset_genes
+from .features import compute_image_features, recalibrate_batchnorm
+from .profiles import DATASET_PRESETS, TrainProfile, get_profile
+from .torch_dataset import CachedFeatureDataset, SpotCollator, SpotPatchDataset
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINTS_DIR = "checkpoints"
+TRAINING_INFO_FILE = "training_info.json"
+FEATURE_CACHE_FILE = "image_features.safetensors"
+POSITION_TABLE_MULTIPLE = 64
+
+
+@dataclass
+class TrainResult:
+    """What a training run produced. `seconds` is the wall time of the whole run."""
+
+    model: MclSTExpModel
+    checkpoint_dir: str | None
+    history: list[dict[str, Any]] = field(default_factory=list)
+    train_spots: int = 0
+    seconds: float = 0.0
+
+
+# ------------------------------------------------------------------------- config
+def derive_max_position(positions: torch.Tensor) -> int:
+    """Rows per position table: the largest array coordinate + 1, rounded up to a multiple of 64.
+
+    The reference allocates 65,536 rows per table (≈ 400 MB at 785 genes) although array
+    coordinates of ST/Visium stay below a few hundred; sizing the tables from the data makes
+    checkpoints ~50x smaller and changes no used row.
+    """
+    high = int(torch.as_tensor(positions).max()) + 1 if len(positions) else 1
+    return max(POSITION_TABLE_MULTIPLE, math.ceil(high / POSITION_TABLE_MULTIPLE) * POSITION_TABLE_MULTIPLE)
+
+
+def build_training_config(
+    gene_names: list[str],
+    *,
+    dataset_preset: str = "her2st",
+    config_overrides: dict[str, Any] | None = None,
+    positions: torch.Tensor | None = None,
+    patch_size: int | None = None,
+    expression_transform: str | None = None,
+    expression_units: str | None = None,
+) -> MclSTExpConfig:
+    """Config from the genes, the dataset preset (retrieval k) and explicit overrides.
+
+    Precedence: overrides > values derived from the data (max_position, patch_size) > preset.
+    """
+    if dataset_preset not in DATASET_PRESETS:
+        raise ValueError(
+            f"Unknown dataset preset {dataset_preset!r}; choose one of {sorted(DATASET_PRESETS)}."
+        )
+    overrides = dict(config_overrides or {})
+    if "gene_names" in overrides:
+        raise ValueError("Pass the genes as `gene_names`, not inside config_overrides.")
+    values: dict[str, Any] = {"retrieval_k": DATASET_PRESETS[dataset_preset]["retrieval_k"]}
+    if positions is not None:
+        values["max_position"] = derive_max_position(positions)
+    if patch_size is not None:
+        values["patch_size"] = int(patch_size)
+    if expression_transform is not None:
+        values["expression_transform"] = expression_transform
+    if expression_units is not None:
+        values["expression_units"] = expression_units
+    values.update(overrides)
+    if patch_size is not None and values["patch_size"] != patch_size:
+        raise ValueError(
+            f"config_overrides sets patch_size={values['patch_size']} but the dataset's patches "
+            f"are {patch_size} px; rebuild the dataset with --patch-size {values['patch_size']}."
+        )
+    return MclSTExpConfig(gene_names=list(gene_names), **values)
+
+
+def load_pretrained_encoder(model: MclSTExpModel, source: str) -> None:
+    """Load image-encoder weights after construction (never in `__init__`).
+
+    `source` is a local state-dict file (.safetensors / .pth / .bin, timm or torchvision key
+    names; `classifier.*` is ignored) or a timm Hub id such as "timm/densenet121.tv_in1k".
+    """
+    target = model.image_encoder.model
+    if os.path.isfile(source):
+        if source.endswith(".safetensors"):
+            from safetensors.torch import load_file
+
+            state = load_file(source)
+        else:
+            state = torch.load(source, map_location="cpu", weights_only=True)
+            state = state.get("state_dict", state) if isinstance(state, dict) else state
+    else:
+        import timm
+
+        name = source.removeprefix("hf-hub:").removeprefix("hf_hub:")
+        pretrained = timm.create_model(
+            f"hf-hub:{name}" if "/" in name else name,
+            pretrained=True,
+            num_classes=0,
+            global_pool="",
+        )
+        state = pretrained.state_dict()
+    state = {k: v for k, v in state.items() if not k.startswith(("classifier.", "fc.", "head."))}
+    missing, unexpected = target.load_state_dict(state, strict=False)
+    if missing:
+        raise ValueError(
+            f"Pretrained encoder weights from {source!r} do not fit {model.config.image_encoder!r}: "
+            f"{len(missing)} missing keys, e.g. {missing[:5]}. Pass weights of the same "
+            "architecture (--image-encoder)."
+        )
+    if unexpected:
+        logger.warning("Ignored %d unexpected encoder keys from %s", len(unexpected), source)
+
+
+# ------------------------------------------------------------------ training module
+class ContrastiveTrainingModule(nn.Module):
+    """`MclSTExpModel` + the loss, for the Trainer: pixels or cached features in, loss out.
+
+    With a frozen encoder it stays in eval mode (BatchNorm statistics fixed) and runs without
+    gradients; the spot tower and both projection heads are trained in every mode.
+    """
+
+    def __init__(self, model: MclSTExpModel, freeze_image_encoder: bool) -> None:
+        super().__init__()
+        self.model = model
+        self.freeze_image_encoder = freeze_image_encoder
+        if freeze_image_encoder:
+            model.image_encoder.requires_grad_(False)
+
+    def train(self, mode: bool = True) -> ContrastiveTrainingModule:
+        super().train(mode)
+        if self.freeze_image_encoder:
+            self.model.image_encoder.eval()
+        return self
+
+    def state_dict(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        # channels-last convolution weights are not contiguous; safetensors needs contiguous.
+        state = super().state_dict(*args, **kwargs)
+        for key, value in state.items():
+            if isinstance(value, torch.Tensor) and not value.is_contiguous():
+                state[key] = value.contiguous()
+        return state
+
+    def forward(
+        self,
+        expression: torch.Tensor,
+        positions: torch.Tensor | None = None,
+        pixel_values: torch.Tensor | None = None,
+        image_features: torch.Tensor | None = None,
+    ) -> dict[str, torch.Tensor]:
+        if (pixel_values is None) == (image_features is None):
+            raise ValueError("Pass exactly one of pixel_values or image_features.")
+        model = self.model
+        if pixel_values is not None and not self.freeze_image_encoder:
+            return {"loss": model(pixel_values=pixel_values, expression=expression, positions=positions).loss}
+        if image_features is None:
+            with torch.no_grad():
+                image_features = model.image_encoder(pixel_values)
+        image_embeds = model.image_projection(image_features.to(model.image_projection.linear_in.weight.dtype))
+        spot_embeds = model.get_spot_features(expression, positions)
+        logits_per_spot = spot_embeds @ image_embeds.T / model.config.contrastive_temperature
+        return {"loss": contrastive_loss(logits_per_spot)}
+
+
+def _trainer_classes():
+    """Trainer subclass and callbacks, built lazily (importing the Trainer is slow)."""
+    from transformers import Trainer, TrainerCallback
+    from transformers.trainer_callback import ProgressCallback
+
+    class MclSTExpTrainer(Trainer):
+        """The reference's optimiser: AdamW with weight decay on *every* trainable parameter."""
+
+        def create_optimizer(self, model=None):
+            if self.optimizer is None:
+                opt_model = self.model if model is None else model
+                params = [p for p in opt_model.parameters() if p.requires_grad]
+                self.optimizer = torch.optim.AdamW(
+                    params,
+                    lr=self.args.learning_rate,
+                    weight_decay=self.args.weight_decay,
+                    betas=(self.args.adam_beta1, self.args.adam_beta2),
+                    eps=self.args.adam_epsilon,
+                )
+            return self.optimizer
+
+    class HistoryCallback(TrainerCallback):
+        def __init__(self) -> None:
+            self.history: list[dict[str, Any]] = []
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if logs:
+                entry = {k: v for k, v in logs.items() if k != "total_flos"}
+                entry["step"] = state.global_step
+                self.history.append(entry)
+
+    class CompactProgress(ProgressCallback):
+        """The Trainer's progress bar, with the loss as a postfix instead of a line per log."""
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            bar = self.training_bar
+            if state.is_world_process_zero and bar is not None and logs and "loss" in logs:
+                bar.set_postfix(loss=f"{logs['loss']:.4f}", epoch=f"{logs.get('epoch', 0):.1f}")
+
+    return MclSTExpTrainer, HistoryCallback, CompactProgress
+
+
+# -------------------------------------------------------------------- checkpoints
+def _prepare_out_dir(out_dir: str, resume: bool) -> None:
+    ckpt = os.path.join(out_dir, CHECKPOINTS_DIR)
+    has_state = os.path.isfile(os.path.join(out_dir, "config.json")) or os.path.isdir(ckpt)
+    if has_state and not resume:
+        raise FileExistsError(
+            f"{out_dir} already holds a checkpoint or training state; pass --resume "
+            "(resume=True) to continue it, or choose another --out."
+        )
+    os.makedirs(out_dir, exist_ok=True)
+
+
+def save_checkpoint(model: MclSTExpModel, out_dir: str, training_info: dict[str, Any]) -> str:
+    """Write model + bank + image processor + training_info.json into `out_dir`, completely.
+
+    Files are staged in a hidden sibling folder and moved in one by one, config.json last:
+    `from_pretrained` never sees a folder with a config but missing weights.
+    """
+    from ..image_processing_mclstexp import MclSTExpImageProcessor
+
+    os.makedirs(out_dir, exist_ok=True)
+    stage = tempfile.mkdtemp(prefix=".staging-", dir=out_dir)
+    try:
+        model.image_encoder.to(memory_format=torch.contiguous_format)
+        model.save_pretrained(stage)
+        MclSTExpImageProcessor(
+            patch_size=model.config.patch_size, pixel_scaling=model.config.pixel_scaling
+        ).save_pretrained(stage)
+        with open(os.path.join(stage, TRAINING_INFO_FILE), "w", encoding="utf-8") as handle:
+            json.dump(training_info, handle, indent=2, default=str)
+        names = sorted(os.listdir(stage), key=lambda n: n == "config.json")
+        for name in names:
+            target = os.path.join(out_dir, name)
+            if os.path.isdir(target) and not os.path.islink(target):
+                shutil.rmtree(target)
+            os.replace(os.path.join(stage, name), target)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+    return out_dir
+
+
+# ----------------------------------------------------------------------- training
+def _resolve_profile(
+    profile: str | TrainProfile, dataset_preset: str, **overrides: Any
+) -> TrainProfile:
+    """The profile with explicit overrides applied (None = keep the profile's value).
+
+    Freezing the encoder means the cached-feature mode: a profile without cached views gets the
+    cpu profile's number; unfreezing it drops the cached views.
+    """
+    base = get_profile(profile, dataset_preset) if isinstance(profile, str) else profile
+    if not isinstance(base, TrainProfile):
+        raise TypeError(f"profile must be 'paper', 'cpu' or a TrainProfile; got {profile!r}.")
+    changes = {k: v for k, v in overrides.items() if v is not None}
+    freeze = changes.get("freeze_image_encoder")
+    if freeze is False:
+        changes.setdefault("n_feature_views", 0)
+    elif freeze is True and base.n_feature_views == 0:
+        changes.setdefault("n_feature_views", get_profile("cpu", dataset_preset).n_feature_views)
+    return base.replace(**changes)
+
+
+def _world() -> tuple[int, int]:
+    return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def train_model(
+    train_dataset: Any,
+    gene_names: list[str],
+    out_dir: str | None,
+    *,
+    config_overrides: dict[str, Any] | None = None,
+    profile: str | TrainProfile = "paper",
+    dataset_preset: str = "her2st",
+    epochs: int | None = None,
+    batch_size: int | None = None,
+    learning_rate: float | None = None,
+    freeze_image_encoder: bool | None = None,
+    cached_features: torch.Tensor | None = None,
+    seed: int = 0,
+    expression_transform: str | None = None,
+    expression_units: str | None = None,
+    resume: bool = False,
+    progress: bool = True,
+    pretrained_encoder: str | None = None,
+    dataset_metadata: dict[str, Any] | None = None,
+    max_steps: int | None = None,
+    save_steps: int | None = None,
+    keep_checkpoints: bool = False,
+    callbacks: list[Any] | None = None,
+) -> TrainResult:
+    """Train an mclSTExp model on a patch dataset; optionally save a complete checkpoint.
+
+    train_dataset: a `datasets.Dataset` from `load_st_dataset` (already filtered to the training
+        sections) or a `SpotPatchDataset`.
+    cached_features: (n_views, N, image_feature_dim) pooled features of exactly these spots (in
+        dataset order, view 0 clean), from `compute_image_features` run on the encoder this call
+        builds (same config and seed; with the cpu profile after `recalibrate_batchnorm` on these
+        training patches). Requires a frozen encoder.
+    max_steps / save_steps: stop after / save every this many optimiser steps (tests, resuming).
+    Returns the trained model with its bank attached.
+    """
+    from transformers import TrainingArguments, set_seed
+    from transformers.trainer_utils import get_last_checkpoint
+
+    started = time.perf_counter()
+    rank, world_size = _world()
+    is_main = rank == 0
+    prof = _resolve_profile(
+        profile,
+        dataset_preset,
+        epochs=epochs,
+        batch_size=batch_size,
+        learning_rate=learning_rate,
+        freeze_image_encoder=freeze_image_encoder,
+        seed=seed,
+    )
+    if cached_features is not None and not prof.freeze_image_encoder:
+        raise ValueError(
+            "cached_features need a frozen image encoder (freeze_image_encoder=True or "
+            "profile='cpu'); a trainable encoder changes its features every step."
+        )
+    meta = dict(dataset_metadata or {})
+    if meta.get("gene_names") and list(meta["gene_names"]) != list(gene_names):
+        raise ValueError(
+            "gene_names differ from the dataset's own gene list (mclstexp_dataset.json); pass "
+            "the dataset's genes (load_dataset_metadata(path)['gene_names'])."
+        )
+    expression_transform = expression_transform or meta.get("transform")
+    expression_units = expression_units or meta.get("units")
+
+    spots = (
+        train_dataset
+        if isinstance(train_dataset, SpotPatchDataset)
+        else SpotPatchDataset(train_dataset, decode_images=cached_features is None, progress=progress and is_main)
+    )
+    if len(spots) == 0:
+        raise ValueError("The training dataset has no spots; check the training sections.")
+    if spots.n_genes != len(gene_names):
+        raise ValueError(
+            f"The training dataset's expression has {spots.n_genes} genes but gene_names lists "
+            f"{len(gene_names)}; pass the dataset's gene list (load_dataset_metadata(...)['gene_names'])."
+        )
+    patch_size = int(spots.patches.shape[-1]) if spots.patches is not None else None
+    if out_dir is not None:
+        out_dir = os.fspath(out_dir)
+        _prepare_out_dir(out_dir, resume)
+
+    set_seed(prof.seed)
+    config = build_training_config(
+        gene_names,
+        dataset_preset=dataset_preset,
+        config_overrides=config_overrides,
+        positions=spots.positions,
+        patch_size=patch_size,
+        expression_transform=expression_transform,
+        expression_units=expression_units,
+    )
+    model = MclSTExpModel(config)
+    if pretrained_encoder:
+        load_pretrained_encoder(model, pretrained_encoder)
+    check_dataset_genes(model, gene_names, spots.n_genes)
+    if prof.channels_last:
+        model.image_encoder.to(memory_format=torch.channels_last)
+
+    timings: dict[str, float] = {}
+    ckpt_dir = os.path.join(out_dir, CHECKPOINTS_DIR) if out_dir is not None else None
+    train_set: torch.utils.data.Dataset
+    if prof.freeze_image_encoder and (prof.n_feature_views > 0 or cached_features is not None):
+        t0 = time.perf_counter()
+        if cached_features is None:
+            if prof.recalibrate_batchnorm:
+                recalibrate_batchnorm(model, spots, channels_last=prof.channels_last, progress=progress and is_main)
+            cache = os.path.join(ckpt_dir, FEATURE_CACHE_FILE) if ckpt_dir else None
+            views = []
+            if prof.include_clean_view:
+                views.append(
+                    compute_image_features(
+                        model, spots, 1, augment=False, seed=prof.seed, bf16=prof.bf16,
+                        channels_last=prof.channels_last, progress=progress and is_main,
+                        cache_path=cache and cache.replace(".safetensors", "-clean.safetensors"),
+                    )
+                )
+            views.append(
+                compute_image_features(
+                    model, spots, prof.n_feature_views, augment=True, seed=prof.seed,
+                    bf16=prof.bf16, channels_last=prof.channels_last,
+                    progress=progress and is_main, cache_path=cache,
+                )
+            )
+            cached_features = torch.cat(views)
+        elif prof.recalibrate_batchnorm and spots.patches is not None:
+            recalibrate_batchnorm(model, spots, channels_last=prof.channels_last, progress=False)
+        expected = (len(spots), model.image_encoder.num_features)
+        if cached_features.ndim != 3 or tuple(cached_features.shape[1:]) != expected:
+            raise ValueError(
+                f"cached_features must be (n_views, {expected[0]}, {expected[1]}) — n_views × "
+                f"training spots × the encoder's feature width; got {tuple(cached_features.shape)}."
+            )
+        train_set = CachedFeatureDataset(cached_features, spots.expression, spots.positions)
+        timings["feature_seconds"] = time.perf_counter() - t0
+    else:
+        if spots.patches is None:
+            raise ValueError("Training from pixels needs decoded patches (the `image` column).")
+        train_set = spots
+
+    if prof.grad_checkpointing:
+        enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
+        enable()
+    module = ContrastiveTrainingModule(model, prof.freeze_image_encoder)
+    collator = SpotCollator(config.pixel_scaling, augment=prof.augment, channels_last=prof.channels_last)
+
+    steps_per_epoch = math.ceil(len(train_set) / (prof.batch_size * world_size))
+    if save_steps is None:
+        save_steps = steps_per_epoch * max(1, prof.epochs // 20)
+    temp_output = None
+    if ckpt_dir is None:
+        temp_output = tempfile.TemporaryDirectory(prefix="mclstexp-train-")
+    use_cpu = not torch.cuda.is_available()
+    args = TrainingArguments(
+        output_dir=ckpt_dir or temp_output.name,
+        per_device_train_batch_size=prof.batch_size,
+        num_train_epochs=prof.epochs,
+        max_steps=max_steps or -1,
+        learning_rate=prof.learning_rate,
+        weight_decay=prof.weight_decay,
+        lr_scheduler_type=prof.lr_scheduler,
+        warmup_steps=float(prof.warmup_ratio) if prof.warmup_ratio else 0,  # float = ratio
+        max_grad_norm=0.0,  # the reference does not clip gradients
+        logging_strategy="steps",
+        logging_steps=1,
+        save_strategy="steps" if ckpt_dir else "no",
+        save_steps=save_steps,
+        save_total_limit=1,
+        seed=prof.seed,
+        data_seed=prof.seed,
+        bf16=prof.bf16,
+        use_cpu=use_cpu,
+        ddp_backend="gloo" if use_cpu and world_size > 1 else None,
+        dataloader_num_workers=0,
+        dataloader_pin_memory=False,
+        remove_unused_columns=False,
+        report_to="none",
+        disable_tqdm=not progress,
+    )
+    trainer_cls, history_cls, progress_cls = _trainer_classes()
+    history_cb = history_cls()
+    trainer = trainer_cls(
+        model=module,
+        args=args,
+        train_dataset=train_set,
+        data_collator=collator,
+        callbacks=[history_cb, *(callbacks or [])],
+    )
+    from transformers.trainer_callback import ProgressCallback
+
+    if progress and trainer.pop_callback(ProgressCallback) is not None:
+        trainer.add_callback(progress_cls())
+    resume_from = None
+    if resume and ckpt_dir and os.path.isdir(ckpt_dir):
+        resume_from = get_last_checkpoint(ckpt_dir)
+        if resume_from is None:
+            logger.warning("resume: no checkpoint under %s; training from the start.", ckpt_dir)
+    t0 = time.perf_counter()
+    try:
+        trainer.train(resume_from_checkpoint=resume_from)
+    finally:
+        if temp_output is not None:
+            temp_output.cleanup()
+    timings["train_seconds"] = time.perf_counter() - t0
+
+    model.eval()
+    model.image_encoder.to(memory_format=torch.contiguous_format)
+    t0 = time.perf_counter()
+    bank = build_bank_from_dataset(
+        model,
+        spots,
+        progress=progress and is_main,
+        gene_names=gene_names,
+        dataset_metadata=meta,
+    )
+    timings["bank_seconds"] = time.perf_counter() - t0
+    seconds = time.perf_counter() - started
+    history = [dict(h) for h in history_cb.history]
+    if out_dir is not None and trainer.is_world_process_zero():
+        info = {
+            "profile": asdict(prof),
+            "dataset_preset": dataset_preset,
+            "config_overrides": config_overrides or {},
+            "train_spots": len(spots),
+            "train_sections": list(dict.fromkeys(spots.sections)),
+            "dataset": meta.get("dataset_name"),
+            "cached_feature_views": int(cached_features.shape[0]) if cached_features is not None else 0,
+            "world_size": world_size,
+            "global_batch_size": prof.batch_size * world_size,
+            "pretrained_encoder": pretrained_encoder,
+            "bank": dict(bank.metadata),
+            "seconds": seconds,
+            **timings,
+            "history": history,
+        }
+        save_checkpoint(model, out_dir, info)
+        if not keep_checkpoints and ckpt_dir and os.path.isdir(ckpt_dir):
+            shutil.rmtree(ckpt_dir, ignore_errors=True)
+    return TrainResult(
+        model=model,
+        checkpoint_dir=out_dir,
+        history=history,
+        train_spots=len(spots),
+        seconds=seconds,
+    )
+
+
+__all__ = [
+    "ContrastiveTrainingModule",
+    "TrainResult",
+    "build_training_config",
+    "derive_max_position",
+    "load_pretrained_encoder",
+    "save_checkpoint",
+    "train_model",
+]

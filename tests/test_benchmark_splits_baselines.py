@@ -1,0 +1,102 @@
+"""Folds (section / patient) and the frozen-feature baselines, against direct computations."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from mclstexp_hub.benchmark.baselines import (
+    BLEEP_ABLATION_OVERRIDES,
+    hest_ridge_alpha,
+    ridge_probe_predict,
+    topk_mean_predict,
+)
+from mclstexp_hub.benchmark.paper_numbers import paper_reported
+from mclstexp_hub.benchmark.splits import her2st_patient, make_folds
+
+SECTIONS = ["B4", "C2", "C3", "C4"]
+PATIENTS = {s: her2st_patient(s) for s in SECTIONS}
+
+
+def test_section_split_gives_one_fold_per_section():
+    folds = make_folds(SECTIONS, "section")
+    assert [f.held_out for f in folds] == [("B4",), ("C2",), ("C3",), ("C4",)]
+    assert folds[0].train == ("C2", "C3", "C4")
+    assert [f.fold for f in folds] == [0, 1, 2, 3]
+    assert folds[1].to_dict() == {"fold": 1, "held_out": ["C2"], "train": ["B4", "C3", "C4"]}
+
+
+def test_patient_split_groups_b_and_c_and_never_leaks():
+    folds = make_folds(SECTIONS, "patient", PATIENTS)
+    assert [f.held_out for f in folds] == [("B4",), ("C2", "C3", "C4")]
+    assert [f.train for f in folds] == [("C2", "C3", "C4"), ("B4",)]
+    for fold in folds:
+        held = {PATIENTS[s] for s in fold.held_out}
+        train = {PATIENTS[s] for s in fold.train}
+        assert held.isdisjoint(train)
+        assert sorted(fold.held_out + fold.train) == sorted(SECTIONS)
+
+
+def test_split_errors():
+    with pytest.raises(ValueError, match="at least 2 sections"):
+        make_folds(["B4"], "section")
+    with pytest.raises(ValueError, match="at least 2 patients"):
+        make_folds(["C2", "C3"], "patient", PATIENTS)
+    with pytest.raises(ValueError, match="no patient known"):
+        make_folds(["B4", "X1"], "patient", PATIENTS)
+    with pytest.raises(ValueError, match="more than once"):
+        make_folds(["B4", "B4"], "section")
+    with pytest.raises(ValueError, match="split must be one of"):
+        make_folds(SECTIONS, "random")
+
+
+def test_topk_mean_is_mean_of_cosine_nearest():
+    rng = np.random.default_rng(0)
+    train = rng.normal(size=(120, 20))
+    expr = rng.random((120, 6))
+    queries = rng.normal(size=(9, 20))
+    pred = topk_mean_predict(train, expr, queries, k=7)
+    tn = train / np.linalg.norm(train, axis=1, keepdims=True)
+    qn = queries / np.linalg.norm(queries, axis=1, keepdims=True)
+    idx = np.argsort(-(qn @ tn.T), axis=1)[:, :7]
+    np.testing.assert_allclose(pred, expr[idx].mean(1), rtol=1e-5)
+    with pytest.raises(ValueError, match="larger than the spot bank"):
+        topk_mean_predict(train, expr, queries, k=121)
+
+
+def test_ridge_probe_fits_on_training_only_and_recovers_linear_signal():
+    from sklearn.decomposition import PCA
+    from sklearn.linear_model import Ridge
+    from sklearn.preprocessing import StandardScaler
+
+    rng = np.random.default_rng(1)
+    train = rng.normal(size=(300, 40))
+    weights = rng.normal(size=(40, 5))
+    expr = train @ weights + 3.0 + rng.normal(scale=0.1, size=(300, 5))
+    queries = rng.normal(size=(50, 40))
+    pred, info = ridge_probe_predict(train, expr, queries, n_components=40)
+    # same pipeline by hand, fitted on the training spots only
+    scaler = StandardScaler().fit(train)
+    pca = PCA(40, random_state=0).fit(scaler.transform(train))
+    ridge = Ridge(alpha=hest_ridge_alpha(40, 5), solver="lsqr").fit(
+        pca.transform(scaler.transform(train)), expr)
+    ref = ridge.predict(pca.transform(scaler.transform(queries)))
+    np.testing.assert_allclose(pred, ref, rtol=1e-4, atol=1e-4)
+    assert info["pca_components"] == 40 and info["ridge_alpha"] == pytest.approx(100 / 200)
+    truth = queries @ weights + 3.0
+    r = [np.corrcoef(pred[:, j], truth[:, j])[0, 1] for j in range(5)]
+    assert min(r) > 0.99  # all components: the linear signal is recovered
+    # more components requested than spots: capped, not an error
+    _, info = ridge_probe_predict(train[:20], expr[:20], queries)
+    assert info["pca_components"] == 20 and info["pca_components_requested"] == 256
+
+
+def test_bleep_overrides_and_paper_block():
+    assert BLEEP_ABLATION_OVERRIDES == {"spot_encoder_layers": 0, "use_position_embeddings": False}
+    paper = paper_reported()
+    assert paper["source"] == "Min et al., Briefings in Bioinformatics 2024"
+    assert paper["her2st"]["pcc_acg"] == 0.2304 and paper["her2st"]["pcc_heg"] == 0.3866
+    assert paper["cscc"] == {"pcc_acg": 0.3235, "pcc_heg": 0.4261, "n_sections": 12, "n_genes": 171}
+    assert paper["alex10x"]["pcc_acg"] == 0.1949 and paper["alex10x"]["pcc_heg"] == 0.3611
+    paper["her2st"]["pcc_acg"] = 0  # a copy: the module's numbers cannot be changed by callers
+    assert paper_reported()["her2st"]["pcc_acg"] == 0.2304

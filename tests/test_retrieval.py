@@ -1,0 +1,141 @@
+"""Retrieval against a brute-force reference: exact search, weightings, the model path, FAISS."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+import torch
+
+from mclstexp_hub import MclSTExpConfig, MclSTExpModel
+from mclstexp_hub.spot_bank_mclstexp import SpotBank
+
+DISTANCES = ("l1", "l2", "cosine")
+WEIGHTINGS = ("inverse_square", "mean", "softmax")
+GENES = [f"G{i}" for i in range(7)]
+
+
+def brute_force(bank_emb, bank_expr, queries, k, distance, weighting):
+    """Independent float64 numpy reference: full similarity matrix, argsort, weights."""
+    b = np.asarray(bank_emb, dtype=np.float64)
+    q = np.asarray(queries, dtype=np.float64)
+    sims = (q / np.linalg.norm(q, axis=1, keepdims=True)) @ (
+        b / np.linalg.norm(b, axis=1, keepdims=True)
+    ).T
+    idx = np.argsort(-sims, axis=1, kind="stable")[:, :k]
+    neigh = b[idx]  # (Q, k, D)
+    if distance == "l1":
+        d = np.abs(neigh - q[:, None, :]).sum(-1)
+    elif distance == "l2":
+        d = np.sqrt(((neigh - q[:, None, :]) ** 2).sum(-1))
+    else:
+        qn = q / np.linalg.norm(q, axis=1, keepdims=True)
+        nn_ = neigh / np.linalg.norm(neigh, axis=2, keepdims=True)
+        d = 1.0 - np.einsum("qd,qkd->qk", qn, nn_)
+    if weighting == "mean":
+        w = np.full(idx.shape, 1.0 / k)
+    elif weighting == "inverse_square":
+        w = 1.0 / np.maximum(d, 1e-8) ** 2
+        w /= w.sum(1, keepdims=True)
+    else:
+        e = np.exp(-(d - d.min(1, keepdims=True)))
+        w = e / e.sum(1, keepdims=True)
+    pred = np.einsum("qk,qkg->qg", w, np.asarray(bank_expr, dtype=np.float64)[idx])
+    return np.take_along_axis(sims, idx, axis=1), idx, w, pred
+
+
+@pytest.fixture(scope="module")
+def data():
+    g = torch.Generator().manual_seed(0)
+    bank = SpotBank(
+        embeddings=torch.randn(300, 16, generator=g),
+        expression=torch.rand(300, len(GENES), generator=g) * 2,
+        gene_names=GENES,
+    )
+    queries = torch.randn(25, 16, generator=g)
+    return bank, queries
+
+
+@pytest.fixture(scope="module")
+def tiny_model(data):
+    bank, _ = data
+    config = MclSTExpConfig(
+        gene_names=GENES, image_encoder="resnet10t", projection_dim=16, max_position=32,
+        spot_encoder_heads=2, spot_encoder_head_dim=4, retrieval_k=5,
+    )
+    torch.manual_seed(0)
+    model = MclSTExpModel(config).eval()
+    model.attach_spot_bank(bank)
+    return model
+
+
+@pytest.mark.parametrize("chunk_size", [7, 65536])
+def test_exact_search_matches_brute_force(data, chunk_size):
+    bank, queries = data
+    sims, idx = bank.search(queries, 12, chunk_size=chunk_size)
+    ref_sims, ref_idx, _, _ = brute_force(bank.embeddings, bank.expression, queries, 12, "l1", "mean")
+    np.testing.assert_array_equal(idx.numpy(), ref_idx)
+    np.testing.assert_allclose(sims.numpy(), ref_sims, atol=1e-5)
+
+
+@pytest.mark.parametrize(("distance", "weighting"), list(itertools.product(DISTANCES, WEIGHTINGS)))
+def test_bank_predict_matches_brute_force(data, distance, weighting):
+    bank, queries = data
+    _, _, _, ref = brute_force(bank.embeddings, bank.expression, queries, 9, distance, weighting)
+    chunked = bank.predict(queries, 9, distance=distance, weighting=weighting, chunk_size=11)
+    whole = bank.predict(queries, 9, distance=distance, weighting=weighting)
+    np.testing.assert_allclose(chunked.numpy(), ref, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(whole.numpy(), chunked.numpy(), rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize(("distance", "weighting"), list(itertools.product(DISTANCES, WEIGHTINGS)))
+def test_model_predict_expression_from_embeddings(data, tiny_model, distance, weighting):
+    bank, queries = data
+    _, ref_idx, ref_w, ref = brute_force(
+        bank.embeddings, bank.expression, queries, 9, distance, weighting
+    )
+    out = tiny_model.predict_expression(
+        image_embeds=queries, k=9, distance=distance, weighting=weighting, chunk_size=13
+    )
+    np.testing.assert_array_equal(out.neighbour_indices.numpy(), ref_idx)
+    np.testing.assert_allclose(out.neighbour_weights.numpy(), ref_w, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(out.expression.numpy(), ref, rtol=1e-4, atol=1e-5)
+
+
+def test_model_uses_config_defaults(data, tiny_model):
+    bank, queries = data
+    out = tiny_model.predict_expression(image_embeds=queries)
+    _, _, _, ref = brute_force(bank.embeddings, bank.expression, queries, 5, "l1", "inverse_square")
+    np.testing.assert_allclose(out.expression.numpy(), ref, rtol=1e-4, atol=1e-5)
+
+
+def test_model_pixel_path_equals_embedding_path(tiny_model):
+    pixels = torch.rand(3, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    via_pixels = tiny_model.predict_expression(pixel_values=pixels, k=4)
+    embeds = tiny_model.get_image_features(pixels)
+    via_embeds = tiny_model.predict_expression(image_embeds=embeds, k=4)
+    torch.testing.assert_close(via_pixels.expression, via_embeds.expression)
+
+
+def test_k_larger_than_bank_is_refused(data, tiny_model):
+    bank, queries = data
+    with pytest.raises(ValueError, match="larger than the spot bank"):
+        bank.search(queries, len(bank) + 1)
+    with pytest.raises(ValueError, match="larger than the spot bank"):
+        bank.predict(queries, len(bank) + 1)
+    with pytest.raises(ValueError, match="larger than the spot bank"):
+        tiny_model.predict_expression(image_embeds=queries, k=len(bank) + 1)
+
+
+def test_weights_sum_to_one_and_inverse_square_favours_close(data):
+    from mclstexp_hub.spot_bank_mclstexp import retrieval_weights
+
+    bank, queries = data
+    _, idx = bank.search(queries, 10)
+    for distance, weighting in itertools.product(DISTANCES, WEIGHTINGS):
+        w = retrieval_weights(queries, bank.embeddings[idx], distance, weighting)
+        torch.testing.assert_close(w.sum(1), torch.ones(len(queries)), rtol=0, atol=1e-5)
+    # a neighbour equal to the query dominates instead of producing inf/NaN
+    w = retrieval_weights(bank.embeddings[:1], bank.embeddings[:3][None], "l2", "inverse_square")
+    assert torch.isfinite(w).all() and float(w[0, 0]) > 0.999
