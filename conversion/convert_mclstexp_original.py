@@ -740,7 +740,7 @@ def _save_processor_and_pipeline(config, folder: Path) -> None:
     except ImportError:  # processor not shipped in this build: the model alone still loads
         logger.warning("MclSTExpImageProcessor unavailable; no preprocessor_config.json written")
     else:
-        MclSTExpImageProcessor(patch_size=config.patch_size, pixel_scaling=config.pixel_scaling).save_pretrained(folder)
+        MclSTExpImageProcessor.from_model_config(config).save_pretrained(folder)
     try:
         from mclstexp_hub.pipeline_mclstexp import save_pipeline_code
     except ImportError:

@@ -130,7 +130,7 @@ def _smooth_field(rng: np.random.Generator, shape: tuple[int, int], scale: float
 def _region_map(rng: np.random.Generator, shape: tuple[int, int], pitch: int) -> np.ndarray:
     """Irregular regions: warped nearest-seed partition, every tissue type present."""
     h, w = shape
-    step = 8
+    step = 4
     lh, lw = (h + step - 1) // step, (w + step - 1) // step
     n_seeds = int(rng.integers(6, 9))
     types = np.concatenate([rng.permutation(len(TISSUE_TYPES)),

@@ -69,12 +69,12 @@ def relative_imports(source: str) -> set[str]:
     return found
 
 
-def complete_remote_code(files: dict[str, Path], fill_from: Path = PACKAGE_DIR) -> list[str]:
+def complete_remote_code(files: dict[str, Path], fill_from: Path | None = PACKAGE_DIR) -> list[str]:
     """Add the missing modules of the remote-code closure to `files` (in place).
 
     Files already in the checkpoint win: they match its weights. Missing ones are taken from
-    `fill_from` (the installed package). Returns the names added; a module found nowhere is an
-    error that names it and who needs it.
+    `fill_from` (the installed package; None: take nothing, only check). Returns the names
+    added; a module found nowhere is an error that names it and who needs it.
     """
     added: list[str] = []
     needed_by: dict[str, str] = {m: "config" for m in referenced_modules(files)}
@@ -87,12 +87,13 @@ def complete_remote_code(files: dict[str, Path], fill_from: Path = PACKAGE_DIR) 
         seen.add(module)
         filename = f"{module}.py"
         if filename not in files:
-            candidate = fill_from / filename
-            if not candidate.is_file():
+            candidate = fill_from / filename if fill_from is not None else None
+            if candidate is None or not candidate.is_file():
                 raise ValueError(
-                    f"remote code {filename} (needed by {needed_by[module]}) is neither in the "
-                    f"checkpoint nor in {fill_from}; re-save the checkpoint with the package "
-                    "imported (`import mclstexp_hub`) so that save_pretrained copies it."
+                    f"remote code {filename} (needed by {needed_by[module]}) is not in the "
+                    "checkpoint" + (f" nor in {fill_from}" if fill_from is not None else "")
+                    + "; re-save the checkpoint with the package imported (`import "
+                    "mclstexp_hub`) so that save_pretrained copies it."
                 )
             files[filename] = candidate
             added.append(filename)

@@ -1,0 +1,102 @@
+"""`mclstexp benchmark`: cross-validated comparison of mclSTExp with baselines on real data."""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+
+
+def _run(args: argparse.Namespace) -> int:
+    from mclstexp_hub.benchmark.runner import BenchmarkOptions, run_benchmark
+
+    opts = BenchmarkOptions(
+        out=args.out,
+        dataset=args.dataset,
+        data_dir=args.data_dir,
+        genes=args.genes,
+        sections=args.sections,
+        split=args.split,
+        profile=args.profile,
+        dataset_dir=args.dataset_dir,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        learning_rate=args.learning_rate,
+        n_feature_views=args.n_feature_views,
+        image_encoder=args.image_encoder,
+        pretrained_encoder=args.pretrained_encoder,
+        retrieval_k=args.retrieval_k,
+        baseline_k=args.baseline_k,
+        bn_calibration=args.bn_calibration,
+        folds=args.folds,
+        methods=args.methods,
+        keep_checkpoints=args.keep_checkpoints,
+        overwrite=args.overwrite,
+        seed=args.seed,
+        progress=not args.quiet,
+        command=args.command_line or " ".join(shlex.quote(a) for a in ["mclstexp", *sys.argv[1:]]),
+    )
+    summary = run_benchmark(opts)
+    print()
+    print(f"{'method':<34} {'PCC(ACG)':>9} {'PCC(HEG)':>9} {'PCC(HVG)':>9} {'MSE':>8} {'MAE':>8}")
+    for method in summary["methods"].values():
+        m = method["mean"]
+        print(f"{method['label']:<34} {m['pcc_acg']:>9.4f} {m['pcc_heg']:>9.4f} "
+              f"{m['pcc_hvg']:>9.4f} {m['mse']:>8.4f} {m['mae']:>8.4f}")
+    print(f"\nwrote {args.out}/summary.json, summary.md, summary.csv "
+          f"({summary['seconds'] / 60:.1f} min)")
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    from mclstexp_hub.benchmark.frozen_features import BN_CALIBRATIONS
+    from mclstexp_hub.benchmark.runner import DATASET_KINDS, METHODS
+
+    p = subparsers.add_parser(
+        "benchmark",
+        help="train per fold, evaluate, and compare with baselines on the same folds",
+        description=(
+            "Builds the patch dataset (or reuses --dataset-dir), trains one model per fold, "
+            "predicts the held-out sections by retrieval and writes RESULTS/summary.{json,md,csv} "
+            "with mclSTExp next to three baselines (BLEEP-style ablation, top-k mean retrieval "
+            "and the HEST PCA+ridge probe on frozen encoder features) and, separately, the "
+            "paper's reported numbers."
+        ),
+    )
+    p.add_argument("dataset", choices=list(DATASET_KINDS))
+    p.add_argument("--data-dir", default=None, help="raw data folder (e.g. the her2st data/)")
+    p.add_argument("--genes", default=None, help="gene panel file (e.g. her2st_785.txt)")
+    p.add_argument("--sections", nargs="+", default=None,
+                   help="sections to use (default: every imaged section of the dataset)")
+    p.add_argument("--split", choices=["section", "patient"], default="section",
+                   help="leave-one-section-out (paper) or leave-one-patient-out (leak-free)")
+    p.add_argument("--profile", choices=["paper", "cpu"], default="cpu",
+                   help="training profile (cpu: frozen encoder + cached features; see docs)")
+    p.add_argument("--out", required=True, help="results folder")
+    p.add_argument("--dataset-dir", default=None,
+                   help="an already built patch dataset (default: build into RESULTS/dataset)")
+    p.add_argument("--epochs", type=int, default=None, help="override the profile's epochs")
+    p.add_argument("--batch-size", type=int, default=None, help="override the profile's batch")
+    p.add_argument("--learning-rate", type=float, default=None)
+    p.add_argument("--n-feature-views", type=int, default=None,
+                   help="augmented feature views per spot (frozen-encoder profiles)")
+    p.add_argument("--image-encoder", default=None, help="timm encoder (default densenet121)")
+    p.add_argument("--pretrained-encoder", default=None,
+                   help="encoder weights (file or timm hub id) loaded after construction")
+    p.add_argument("--retrieval-k", type=int, default=None,
+                   help="k of mclSTExp's retrieval (default: the dataset preset's, 200)")
+    p.add_argument("--baseline-k", type=int, default=None,
+                   help="k of the top-k mean baseline (default: the method's k)")
+    p.add_argument("--bn-calibration", choices=list(BN_CALIBRATIONS), default=None,
+                   help="where a frozen random encoder's BatchNorm statistics come from: all "
+                        "sections (default for cpu), each fold's training sections, or none")
+    p.add_argument("--folds", type=int, nargs="+", default=None,
+                   help="run only these fold numbers (default: all)")
+    p.add_argument("--methods", nargs="+", choices=list(METHODS), default=list(METHODS))
+    p.add_argument("--keep-checkpoints", action="store_true",
+                   help="keep every fold's checkpoint (default: only the first fold's)")
+    p.add_argument("--overwrite", action="store_true", help="replace a finished RESULTS folder")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--command-line", default=None, help=argparse.SUPPRESS)
+    p.set_defaults(func=_run)
