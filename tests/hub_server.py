@@ -15,7 +15,8 @@ without any network and without mocking our own code:
   with the remote blob id so unchanged files are skipped as on the Hub;
 - `POST /api/models/{repo}/commit/{rev}`: NDJSON commit payload (file / deletedFile /
   deletedFolder);
-- `POST /api/validate-yaml`: README front matter must be a YAML mapping.
+- `POST /api/validate-yaml`: README front matter must be a YAML mapping;
+- `GET /_local_hub/requests`: the number of requests so far (test introspection, not logged).
 
 Repositories live in memory: each commit is a full snapshot `{path: bytes}`. Every request is
 logged (`LocalHub.requests`); anything the server does not understand is answered 501 and
@@ -28,9 +29,11 @@ import base64
 import hashlib
 import json
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Self
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import yaml
@@ -80,6 +83,9 @@ class LocalHub:
         self.repos: dict[str, Repo] = {}
         self.requests: list[LoggedRequest] = []
         self.unhandled: list[str] = []
+        # Called as on_request(method, path) before a request is answered (tests use it to
+        # change a repository between two requests of one client call).
+        self.on_request: Callable[[str, str], None] | None = None
         self._lock = threading.RLock()
         self._counter = 0
         self._server: ThreadingHTTPServer | None = None
@@ -93,7 +99,7 @@ class LocalHub:
         host, port = self._server.server_address[:2]
         return f"http://{host}:{port}"
 
-    def start(self) -> LocalHub:
+    def start(self) -> Self:
         hub = self
 
         class Handler(_HubRequestHandler):
@@ -111,7 +117,7 @@ class LocalHub:
             self._server.server_close()
             self._server = None
 
-    def __enter__(self) -> LocalHub:
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
@@ -207,7 +213,7 @@ class _HubRequestHandler(BaseHTTPRequestHandler):
     local_hub: LocalHub
     protocol_version = "HTTP/1.1"
 
-    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - stdlib signature
+    def log_message(self, format: str, *args: object) -> None:
         pass  # keep pytest output clean; requests are in LocalHub.requests
 
     # ----------------------------------------------------------------- routing
@@ -223,8 +229,12 @@ class _HubRequestHandler(BaseHTTPRequestHandler):
     def _dispatch(self, method: str) -> None:
         hub = self.local_hub
         split = urlsplit(self.path)
+        if split.path == "/_local_hub/requests":  # test introspection, not logged
+            return self._json(200, {"count": hub.request_count()})
         with hub._lock:
             hub.requests.append(LoggedRequest(method, self.path, self.headers.get("Authorization")))
+        if hub.on_request is not None:
+            hub.on_request(method, split.path)
         body = b""
         if method == "POST":
             body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
@@ -468,4 +478,128 @@ class _HubRequestHandler(BaseHTTPRequestHandler):
             self.wfile.write(data)
 
 
-__all__ = ["LocalHub", "Commit", "Repo", "git_blob_id"]
+__all__ = ["Commit", "LocalHub", "Repo", "git_blob_id"]
+
+
+# ------------------------------------------------------------------------------------------
+# Helpers for tests that talk to the local hub. They import the package lazily, so a client
+# subprocess can import this module and still load remote code before `mclstexp_hub` is.
+TINY_CONFIG = {
+    "image_encoder": "test_resnet",  # timm's 0.37M-parameter test net: fast, real convolutions
+    "max_position": 64,
+    "projection_dim": 32,
+    "spot_encoder_heads": 2,
+    "spot_encoder_head_dim": 8,
+    "retrieval_k": 5,
+    "patch_size": 32,
+    "image_encoder_final_activation": True,
+    "expression_transform": "log10_cp10k_panel",
+    "expression_units": "log10(1 + 1e4 * count / panel total)",
+}
+TINY_GENES = [f"GENE{i}" for i in range(12)]
+
+
+def make_checkpoint(
+    folder: str | Path,
+    seed: int,
+    *,
+    genes: list[str] | None = None,
+    bank: bool = True,
+    processor: bool = True,
+    pipeline: bool = True,
+    n_bank_spots: int = 40,
+) -> Path:
+    """Save a tiny, seeded mclSTExp checkpoint (optionally with bank, processor, pipeline)."""
+    import torch
+
+    from mclstexp_hub import MclSTExpConfig, MclSTExpModel
+
+    torch.manual_seed(seed)
+    config = MclSTExpConfig(gene_names=list(genes or TINY_GENES), **TINY_CONFIG)
+    model = MclSTExpModel(config).eval()
+    if bank:
+        g = torch.Generator().manual_seed(seed + 1000)
+        expression = torch.rand((n_bank_spots, config.n_genes), generator=g)
+        positions = torch.randint(0, config.max_position, (n_bank_spots, 2), generator=g)
+        model.build_spot_bank(
+            expression, positions, section_ids=["S1"] * (n_bank_spots // 2)
+            + ["S2"] * (n_bank_spots - n_bank_spots // 2),
+        )
+    folder = Path(folder)
+    model.save_pretrained(folder)
+    if processor:
+        from mclstexp_hub.image_processing_mclstexp import MclSTExpImageProcessor
+
+        MclSTExpImageProcessor.from_model_config(config).save_pretrained(folder)
+    if pipeline:
+        from mclstexp_hub.pipeline_mclstexp import save_pipeline_code
+
+        save_pipeline_code(folder)
+    return folder
+
+
+def probe_pixels(patch_size: int = TINY_CONFIG["patch_size"], n: int = 3):
+    """Fixed input images, identical in every process."""
+    import torch
+
+    return torch.rand((n, 3, patch_size, patch_size), generator=torch.Generator().manual_seed(7))
+
+
+def client_env(hub_url: str, hf_home: str | Path, offline: bool = False) -> dict[str, str]:
+    """Environment of a client subprocess: this hub, a private HF_HOME, no real network."""
+    import os
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGING"))}
+    env.update(
+        HF_ENDPOINT=hub_url,
+        HF_HOME=str(hf_home),
+        HF_HUB_DISABLE_TELEMETRY="1",
+        HF_HUB_DISABLE_PROGRESS_BARS="1",
+        NO_PROXY="127.0.0.1,localhost",
+        no_proxy="127.0.0.1,localhost",
+        TOKENIZERS_PARALLELISM="false",
+    )
+    for key in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy", "ALL_PROXY", "all_proxy"):
+        env.pop(key, None)
+    if offline:
+        env["HF_HUB_OFFLINE"] = "1"
+    return env
+
+
+def run_client(script: Path, scenario: str, args: dict, env: dict[str, str], timeout: int = 300) -> dict:
+    """Run `python script scenario ARGS.json` and return the JSON report it writes."""
+    import subprocess
+    import sys
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        args = {**args, "report": str(Path(tmp) / "report.json")}
+        (Path(tmp) / "args.json").write_text(json.dumps(args))
+        result = subprocess.run(
+            [sys.executable, str(script), scenario, str(Path(tmp) / "args.json")],
+            env=env, capture_output=True, text=True, timeout=timeout, check=False,
+        )
+        report_path = Path(args["report"])
+        if result.returncode != 0 or not report_path.is_file():
+            raise RuntimeError(
+                f"client {scenario} failed (exit {result.returncode}):\n{result.stderr[-4000:]}"
+            )
+        return json.loads(report_path.read_text())
+
+
+def run_scenarios(scenarios: dict, report_path: str) -> None:
+    """Run each named scenario, recording its values or its error; write the JSON report."""
+    import traceback
+
+    report = {}
+    for name, func in scenarios.items():
+        try:
+            report[name] = {"ok": True, "values": func()}
+        except Exception as exc:  # noqa: BLE001 - recorded for the test to assert on
+            report[name] = {
+                "ok": False,
+                "error_type": type(exc).__name__,
+                "error": str(exc),
+                "traceback": traceback.format_exc()[-3000:],
+            }
+    Path(report_path).write_text(json.dumps(report, default=str))

@@ -79,7 +79,9 @@ def plot_gene_maps(
     """Observed (top row) and predicted (bottom row) expression of `genes` on the spot grid.
 
     `positions` are (n_spots, 2) array (x, y) or pixel coordinates; y grows downwards as on the
-    slide. Each gene's two panels share one colour scale so they are comparable.
+    slide. Each panel has its own colour scale (with a colour bar): retrieval averages many
+    spots, so predictions vary over a narrower range than observations, and a shared scale
+    would hide the spatial pattern that Pearson r measures.
     """
     plt = _pyplot()
     positions = np.asarray(positions, dtype=np.float64)
@@ -99,12 +101,13 @@ def plot_gene_maps(
     fig, axes = plt.subplots(2, n, figsize=(2.6 * n, 5.2), squeeze=False)
     for col, gene in enumerate(genes):
         j = index[gene]
-        lo = float(min(observed[:, j].min(), predicted[:, j].min()))
-        hi = float(max(observed[:, j].max(), predicted[:, j].max()))
         for row, (values, kind) in enumerate(((observed, "observed"), (predicted, "predicted"))):
             ax = axes[row][col]
-            ax.scatter(positions[:, 0], positions[:, 1], c=values[:, j], s=10, cmap="viridis",
-                       vmin=lo, vmax=hi if hi > lo else lo + 1e-9, marker="o", linewidths=0)
+            lo, hi = float(values[:, j].min()), float(values[:, j].max())
+            dots = ax.scatter(positions[:, 0], positions[:, 1], c=values[:, j], s=10,
+                              cmap="viridis", vmin=lo, vmax=hi if hi > lo else lo + 1e-9,
+                              marker="o", linewidths=0)
+            fig.colorbar(dots, ax=ax, fraction=0.046, pad=0.02).ax.tick_params(labelsize=6)
             ax.set_aspect("equal")
             ax.invert_yaxis()
             ax.set_xticks([])

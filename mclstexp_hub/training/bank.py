@@ -17,6 +17,8 @@ from ..modeling_mclstexp import DEFAULT_BANK_BATCH_SIZE
 from ..spot_bank_mclstexp import SpotBank
 from .torch_dataset import dataset_arrays
 
+# Spots embedded per call (a whole number of batches), for the progress bar; no effect on values.
+SUPER_CHUNK_SPOTS = 2048
 BANK_BATCHING = "consecutive runs of {batch_size} spots in dataset order (last run may be shorter)"
 
 
@@ -76,7 +78,7 @@ def build_bank_from_dataset(
     n = int(expression.shape[0])
     # Super-chunks are whole multiples of batch_size, so the runs of batch_size spots (the
     # attention sequences) are exactly those of one call over all spots.
-    step = batch_size * max(1, 2048 // batch_size)
+    step = batch_size * max(1, SUPER_CHUNK_SPOTS // batch_size)
     bar = None
     if progress:
         from tqdm.auto import tqdm

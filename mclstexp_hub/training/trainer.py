@@ -52,6 +52,7 @@ class TrainResult:
     history: list[dict[str, Any]] = field(default_factory=list)
     train_spots: int = 0
     seconds: float = 0.0
+    timings: dict[str, float] = field(default_factory=dict)  # feature/train/bank seconds
 
 
 # ------------------------------------------------------------------------- config
@@ -277,7 +278,7 @@ def save_checkpoint(model: MclSTExpModel, out_dir: str, training_info: dict[str,
 
 
 # ----------------------------------------------------------------------- training
-def _resolve_profile(
+def resolve_profile(
     profile: str | TrainProfile, dataset_preset: str, **overrides: Any
 ) -> TrainProfile:
     """The profile with explicit overrides applied (None = keep the profile's value).
@@ -295,6 +296,11 @@ def _resolve_profile(
     elif freeze is True and base.n_feature_views == 0:
         changes.setdefault("n_feature_views", get_profile("cpu", dataset_preset).n_feature_views)
     return base.replace(**changes)
+
+
+def _profile_recalibrates(profile: str | TrainProfile, dataset_preset: str) -> bool:
+    base = get_profile(profile, dataset_preset) if isinstance(profile, str) else profile
+    return bool(base.recalibrate_batchnorm)
 
 
 def _world() -> tuple[int, int]:
@@ -343,7 +349,7 @@ def train_model(
     started = time.perf_counter()
     rank, world_size = _world()
     is_main = rank == 0
-    prof = _resolve_profile(
+    prof = resolve_profile(
         profile,
         dataset_preset,
         epochs=epochs,
@@ -369,7 +375,12 @@ def train_model(
     spots = (
         train_dataset
         if isinstance(train_dataset, SpotPatchDataset)
-        else SpotPatchDataset(train_dataset, decode_images=cached_features is None, progress=progress and is_main)
+        else SpotPatchDataset(
+            train_dataset,
+            # with given features, pixels are needed only to re-estimate BatchNorm statistics
+            decode_images=cached_features is None or _profile_recalibrates(profile, dataset_preset),
+            progress=progress and is_main,
+        )
     )
     if len(spots) == 0:
         raise ValueError("The training dataset has no spots; check the training sections.")
@@ -545,6 +556,7 @@ def train_model(
         history=history,
         train_spots=len(spots),
         seconds=seconds,
+        timings=timings,
     )
 
 
@@ -554,6 +566,7 @@ __all__ = [
     "build_training_config",
     "derive_max_position",
     "load_pretrained_encoder",
+    "resolve_profile",
     "save_checkpoint",
     "train_model",
 ]

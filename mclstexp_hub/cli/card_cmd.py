@@ -1,0 +1,56 @@
+"""`mclstexp card [RESULTS_DIR]`: a model card from measured benchmark results."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def _card(args: argparse.Namespace) -> int:
+    from mclstexp_hub.hub.cards import render_card, write_card
+
+    text = render_card(
+        args.dataset,
+        args.results_dir,
+        repo_id=args.repo_id,
+        license=args.license,
+        dataset_id=args.dataset_id,
+        template=args.template,
+        checkpoint=args.checkpoint,
+        no_results_reason=args.no_results_reason,
+    )
+    if args.out == "-":
+        sys.stdout.write(text)
+    else:
+        print(f"wrote {write_card(text, args.out)}")
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    from mclstexp_hub.hub.cards import DATASETS
+
+    card = subparsers.add_parser(
+        "card",
+        help="write a model card (YAML metadata + text) from a benchmark results directory",
+        description=(
+            "RESULTS_DIR is the --out of `mclstexp benchmark` (its summary.json). Only its measured "
+            "mclSTExp figures go into the model-index; the paper's figures appear in the text, "
+            "labelled. Without RESULTS_DIR the card says plainly that nothing was measured."
+        ),
+    )
+    card.add_argument("results_dir", nargs="?", default=None, help="benchmark output folder")
+    card.add_argument("--dataset", choices=sorted(DATASETS), default=None,
+                      help="paper dataset (taken from RESULTS_DIR when given)")
+    card.add_argument("--out", required=True, help="card file to write, or - for stdout")
+    card.add_argument("--repo-id", default=None,
+                      help="repository the card's code examples load (default "
+                      "mclstexp-hub/mclstexp-DATASET)")
+    card.add_argument("--license", default="mit")
+    card.add_argument("--dataset-id", default=None,
+                      help="Hub dataset id for the `datasets` metadata (default: the dataset name)")
+    card.add_argument("--checkpoint", default=None,
+                      help="checkpoint directory to describe (genes, units, k, spot bank)")
+    card.add_argument("--template", default=None, help="Jinja template (default model_cards/template.md)")
+    card.add_argument("--no-results-reason", default=None,
+                      help="sentence saying why a card has no measured results")
+    card.set_defaults(func=_card)

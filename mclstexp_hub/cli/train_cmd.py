@@ -1,0 +1,123 @@
+"""`mclstexp train`: train mclSTExp on a patch dataset and write a complete checkpoint."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def _train(args: argparse.Namespace) -> int:
+    from mclstexp_hub.data.hf_dataset import load_dataset_metadata, load_st_dataset
+    from mclstexp_hub.training.profiles import DATASET_PRESETS
+    from mclstexp_hub.training.trainer import resolve_profile, train_model
+
+    meta = load_dataset_metadata(args.dataset)
+    preset = args.preset or args.config or meta.get("config_name")
+    if preset not in DATASET_PRESETS:
+        raise ValueError(
+            f"--preset: no preset for {preset!r}; pass --preset one of {sorted(DATASET_PRESETS)} "
+            "(it sets the paper's retrieval k and epochs)."
+        )
+    sections = args.train_sections
+    if sections is not None and not sections:
+        raise ValueError("--train-sections: give at least one section.")
+    dataset = load_st_dataset(args.dataset, config=args.config, sections=sections)
+    overrides = {}
+    if args.image_encoder:
+        overrides["image_encoder"] = args.image_encoder
+    if args.max_position:
+        overrides["max_position"] = args.max_position
+    if args.retrieval_k:
+        overrides["retrieval_k"] = args.retrieval_k
+    profile = resolve_profile(
+        args.profile,
+        preset,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        learning_rate=args.lr,
+        weight_decay=args.weight_decay,
+        freeze_image_encoder=args.freeze_image_encoder,
+        n_feature_views=args.feature_views,
+        bf16=args.bf16,
+        grad_checkpointing=args.grad_checkpointing,
+        seed=args.seed,
+    )
+    result = train_model(
+        dataset,
+        list(meta["gene_names"]),
+        args.out,
+        config_overrides=overrides,
+        profile=profile,
+        dataset_preset=preset,
+        seed=args.seed,
+        resume=args.resume,
+        progress=not args.quiet,
+        pretrained_encoder=args.pretrained_encoder,
+        dataset_metadata=meta,
+        keep_checkpoints=args.keep_checkpoints,
+    )
+    losses = [h["loss"] for h in result.history if "loss" in h]
+    summary = f"final loss {losses[-1]:.4f}, " if losses else ""
+    print(
+        f"trained on {result.train_spots} spots in {result.seconds:.0f} s ({summary}"
+        f"profile {args.profile}); wrote {result.checkpoint_dir}"
+    )
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    from mclstexp_hub.training.profiles import DATASET_PRESETS, PROFILE_NAMES
+
+    p = subparsers.add_parser(
+        "train",
+        help="train mclSTExp on a patch dataset; writes weights + spot bank + image processor",
+        description=(
+            "Profiles: 'paper' = the authors' recipe (end-to-end, 90 epochs on HER2+); 'cpu' = "
+            "frozen image encoder with cached features of augmented views, spot tower + heads "
+            "trained (a documented deviation; see docs/training.md). Options override the profile."
+        ),
+    )
+    p.add_argument("--dataset", required=True, help="patch dataset folder or Hub dataset repo id")
+    p.add_argument("--config", default=None, help="dataset config name (default: the dataset's)")
+    p.add_argument(
+        "--preset",
+        default=None,
+        choices=sorted(DATASET_PRESETS),
+        help="paper settings for this dataset (retrieval k, epochs); default: --config",
+    )
+    p.add_argument("--train-sections", nargs="*", default=None, help="sections to train on (default: all)")
+    p.add_argument("--out", required=True, help="checkpoint folder to write")
+    p.add_argument("--profile", choices=list(PROFILE_NAMES), default="paper")
+    p.add_argument("--epochs", type=int, default=None)
+    p.add_argument("--batch-size", type=int, default=None, help="spots per batch = per attention sequence")
+    p.add_argument("--lr", type=float, default=None, help="learning rate")
+    p.add_argument("--weight-decay", type=float, default=None)
+    p.add_argument("--image-encoder", default=None, help="timm model name (default densenet121)")
+    p.add_argument(
+        "--pretrained-encoder",
+        default=None,
+        help="encoder weights loaded after construction: a state-dict file or a timm Hub id",
+    )
+    p.add_argument(
+        "--freeze-image-encoder",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="freeze the image encoder and train on its cached features (cpu profile default)",
+    )
+    p.add_argument(
+        "--feature-views",
+        type=int,
+        default=None,
+        help="augmented views cached per spot in frozen mode (0: run the encoder every step)",
+    )
+    p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None, help="bf16 autocast")
+    p.add_argument(
+        "--grad-checkpointing", action=argparse.BooleanOptionalAction, default=None,
+        help="recompute activations in the backward pass (less memory, more time)",
+    )
+    p.add_argument("--max-position", type=int, default=None, help="rows per position table (default: from data)")
+    p.add_argument("--retrieval-k", type=int, default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out")
+    p.add_argument("--keep-checkpoints", action="store_true", help="keep Trainer checkpoints after success")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=_train)

@@ -1,0 +1,121 @@
+"""Evaluate a checkpoint on held-out sections of a patch dataset (`mclstexp evaluate`).
+
+The checkpoint's own image tower embeds every patch of the chosen sections, its spot bank is
+searched, and the retrieved expression is scored against the observed expression. Sections
+whose spots are in the bank are refused by default: their own profiles would be retrieved
+(a leak that makes any model look excellent).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .metrics import SectionMetrics, check_gene_lists, evaluate_section
+from .report import write_section_reports
+
+
+def predict_patches(
+    model,
+    patches: torch.Tensor,
+    *,
+    k: int | None = None,
+    distance: str | None = None,
+    weighting: str | None = None,
+    batch_size: int = 64,
+    progress: bool = True,
+) -> np.ndarray:
+    """Expression (N, G) for uint8 (N, 3, H, W) patches: image tower → projection → retrieval."""
+    from mclstexp_hub.training.features import compute_image_features
+
+    features = compute_image_features(model, patches, 1, batch_size=batch_size,
+                                      progress=progress)[0]
+    with torch.no_grad():
+        embeds = model.image_projection(features.to(model.image_projection.linear_in.weight.dtype))
+        out = model.predict_expression(image_embeds=embeds.float(), k=k, distance=distance,
+                                       weighting=weighting)
+    return out.expression.numpy()
+
+
+def evaluate_checkpoint(
+    model_path: str | os.PathLike,
+    dataset: str | os.PathLike,
+    sections: Sequence[str] | None,
+    out_dir: str | os.PathLike,
+    *,
+    k: int | None = None,
+    distance: str | None = None,
+    weighting: str | None = None,
+    batch_size: int = 64,
+    allow_bank_overlap: bool = False,
+    n_map_genes: int = 4,
+    progress: bool = True,
+) -> tuple[list[SectionMetrics], dict[str, Path]]:
+    """Predict and score `sections` of `dataset` with the checkpoint at `model_path`."""
+    from mclstexp_hub.data.hf_dataset import load_dataset_metadata, load_st_dataset
+    from mclstexp_hub.modeling_mclstexp import MclSTExpModel
+    from mclstexp_hub.training.torch_dataset import SpotPatchDataset
+
+    model = MclSTExpModel.from_pretrained(os.fspath(model_path)).eval()
+    if model.spot_bank is None:
+        raise ValueError(
+            f"{model_path} has no spot_bank.safetensors, so it cannot predict expression; build "
+            "one with `mclstexp bank build CKPT --dataset ...`."
+        )
+    meta = load_dataset_metadata(dataset)
+    check_gene_lists(model.config.gene_names, meta["gene_names"])
+    transform, model_transform = meta.get("transform"), model.config.expression_transform
+    if transform and model_transform and transform != model_transform:
+        raise ValueError(
+            f"{dataset}: expression transform {transform!r} differs from the model's "
+            f"{model_transform!r}; MSE/MAE would compare different units. Rebuild the dataset "
+            f"with `--transform {model_transform}`."
+        )
+    sections = list(sections or meta["sections"])
+    if not sections:
+        raise ValueError(f"{dataset}: no sections to evaluate.")
+    in_bank = sorted(set(sections) & set(model.spot_bank.section_ids))
+    if in_bank and not allow_bank_overlap:
+        raise ValueError(
+            f"sections {in_bank} are in the model's spot bank (its training/reference spots): "
+            "evaluating on them retrieves their own expression. Evaluate on held-out sections, "
+            "or pass --allow-bank-overlap to score them anyway (the result is then not a "
+            "held-out estimate)."
+        )
+    ds = load_st_dataset(dataset, sections=sections)
+    spots = SpotPatchDataset(ds, progress=progress)
+    spot_sections = np.asarray(spots.sections)
+    predicted = predict_patches(model, spots.patches, k=k, distance=distance,
+                                weighting=weighting, batch_size=batch_size, progress=progress)
+    observed = spots.expression.numpy()
+    positions = spots.positions.numpy()
+    results, maps = [], {}
+    for section in sections:
+        rows = np.flatnonzero(spot_sections == section)
+        if rows.size == 0:
+            raise ValueError(f"{dataset}: section {section} has no spots (empty section).")
+        results.append(evaluate_section(predicted[rows], observed[rows], meta["gene_names"],
+                                        predicted_genes=model.config.gene_names, section=section))
+        maps[section] = (positions[rows], observed[rows], predicted[rows])
+    extra: dict[str, Any] = {
+        "model": os.fspath(model_path),
+        "dataset": os.fspath(dataset),
+        "sections": sections,
+        "retrieval": {"k": int(k or model.config.retrieval_k),
+                      "distance": distance or model.config.retrieval_distance,
+                      "weighting": weighting or model.config.retrieval_weighting,
+                      "bank_spots": len(model.spot_bank)},
+        "sections_in_bank": in_bank,
+        "expression_units": model.config.expression_units or meta.get("units"),
+    }
+    paths = write_section_reports(results, out_dir, maps=maps, extra=extra,
+                                  n_map_genes=n_map_genes)
+    return results, paths
+
+
+__all__ = ["evaluate_checkpoint", "predict_patches"]

@@ -1,0 +1,122 @@
+"""The benchmark runner end to end on real HER2+ data (tiny setting), and `mclstexp evaluate`."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from mclstexp_hub.benchmark.runner import METHODS
+
+pytestmark = [pytest.mark.slow, pytest.mark.realdata]
+
+CONTRACT_KEYS = {
+    "dataset", "split", "profile", "profile_description", "gene_panel", "n_genes",
+    "expression_units", "sections", "folds", "methods", "paper_reported", "command", "machine",
+    "date", "package_version", "seconds",
+}
+FOLD_METRICS = ("pcc_acg", "pcc_heg", "pcc_hvg", "mse", "mae")
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory, her2st_dir, gene_lists_dir):
+    """One tiny run through the CLI: 2 real sections, a very small encoder, 1 epoch."""
+    from mclstexp_hub.cli import main
+
+    out = tmp_path_factory.mktemp("bench") / "results"
+    argv = [
+        "benchmark", "her2st", "--data-dir", str(her2st_dir),
+        "--genes", str(gene_lists_dir / "her2st_785.txt"), "--sections", "C3", "C4",
+        "--split", "section", "--profile", "cpu", "--out", str(out),
+        "--image-encoder", "mobilenetv3_small_050", "--epochs", "1", "--n-feature-views", "1",
+        "--retrieval-k", "20", "--baseline-k", "30", "--quiet",
+    ]
+    assert main(argv) == 0
+    return out
+
+
+def test_summary_json_has_the_contract_and_finite_numbers(results):
+    summary = json.loads((results / "summary.json").read_text())
+    assert CONTRACT_KEYS <= set(summary)
+    assert summary["dataset"] == "her2st" and summary["split"] == "section"
+    assert summary["profile"] == "cpu" and "FROZEN" in summary["profile_description"]
+    assert summary["n_genes"] == 785 and summary["sections"] == ["C3", "C4"]
+    assert summary["folds"] == [{"fold": 0, "held_out": ["C3"], "train": ["C4"]},
+                                {"fold": 1, "held_out": ["C4"], "train": ["C3"]}]
+    assert set(summary["methods"]) == set(METHODS)
+    for key, method in summary["methods"].items():
+        assert method["label"]
+        assert [f["fold"] for f in method["per_fold"]] == [0, 1]
+        for fold in method["per_fold"]:
+            assert fold["held_out"] == summary["folds"][fold["fold"]]["held_out"]
+            for metric in FOLD_METRICS:
+                assert math.isfinite(fold[metric]), (key, metric)
+            assert isinstance(fold["n_nan_genes"], int)
+            assert -1 <= fold["pcc_acg"] <= 1 and fold["mse"] > 0
+        for metric in FOLD_METRICS:
+            expected = np.mean([f[metric] for f in method["per_fold"]])
+            assert method["mean"][metric] == pytest.approx(expected)
+    assert summary["methods"]["topk_mean_frozen"]["per_fold"][0]["details"]["k"] == 30
+    assert summary["methods"]["mclstexp"]["per_fold"][0]["details"]["k"] == 20
+    paper = summary["paper_reported"]
+    assert paper["source"] == "Min et al., Briefings in Bioinformatics 2024"
+    assert paper["her2st"] == {"pcc_acg": 0.2304, "pcc_heg": 0.3866, "n_sections": 32,
+                               "n_genes": 785}
+    assert "cores" in summary["machine"] and "torch" in summary["machine"]
+    assert summary["command"].startswith("mclstexp benchmark her2st")
+
+
+def test_tables_reports_and_figures_are_written(results):
+    md = (results / "summary.md").read_text()
+    assert "## Reported in the paper (not measured here)" in md
+    measured, paper = md.split("## Reported in the paper")
+    assert "0.2304" not in measured and "0.2304" in paper  # never mixed
+    table = pd.read_csv(results / "summary.csv")
+    assert set(table["method"]) == set(METHODS)
+    assert len(table) == len(METHODS) * 3  # 2 folds + mean
+    for fold in (0, 1):
+        d = results / "folds" / f"fold{fold}"
+        for method in METHODS:
+            for suffix in ("metrics.json", "metrics.csv", "per_gene.csv", "r_distribution.png"):
+                assert (d / f"{method}_{suffix}").is_file(), (fold, method, suffix)
+            section = "C3" if fold == 0 else "C4"
+            png = d / f"{method}_best_genes_{section}.png"
+            assert png.read_bytes()[:4] == b"\x89PNG"
+        per_gene = pd.read_csv(d / "mclstexp_per_gene.csv")
+        assert len(per_gene) == 785 and {"pearson_r", "p_value"} <= set(per_gene.columns)
+    assert (results / "r_distribution.png").is_file()
+    # only the first fold's checkpoint is kept by default
+    assert (results / "folds" / "fold0" / "checkpoint" / "spot_bank.safetensors").is_file()
+    assert not (results / "folds" / "fold1" / "checkpoint").exists()
+
+
+def test_kept_checkpoint_reproduces_the_fold_metrics(results, tmp_path):
+    """The saved checkpoint, run from pixels, scores the held-out section as the runner did."""
+    from mclstexp_hub.evaluation.evaluate import evaluate_checkpoint
+
+    ckpt = results / "folds" / "fold0" / "checkpoint"
+    scored, paths = evaluate_checkpoint(ckpt, results / "dataset", ["C3"], tmp_path / "eval",
+                                        progress=False)
+    runner = json.loads((results / "folds" / "fold0" / "mclstexp_metrics.json").read_text())
+    ref = runner["per_section"][0]
+    assert scored[0].pcc_acg == pytest.approx(ref["pcc_acg"], abs=1e-4)
+    assert scored[0].mse == pytest.approx(ref["mse"], rel=1e-4)
+    assert paths["metrics_json"].is_file()
+    with pytest.raises(ValueError, match="in the model's spot bank"):
+        evaluate_checkpoint(ckpt, results / "dataset", ["C4"], tmp_path / "leak", progress=False)
+
+
+def test_runner_refuses_bad_requests(results):
+    from mclstexp_hub.benchmark.runner import BenchmarkOptions, run_benchmark
+
+    with pytest.raises(FileExistsError, match="finished benchmark"):
+        run_benchmark(BenchmarkOptions(out=str(results), dataset_dir=str(results / "dataset")))
+    with pytest.raises(ValueError, match="at least 2 patients"):
+        run_benchmark(BenchmarkOptions(out=str(results / "p"), split="patient", progress=False,
+                                       dataset_dir=str(results / "dataset")))
+    with pytest.raises(ValueError, match="not in the dataset"):
+        run_benchmark(BenchmarkOptions(out=str(results / "q"), sections=["B4", "C3"],
+                                       dataset_dir=str(results / "dataset"), progress=False))
