@@ -24,7 +24,8 @@ DEMO_TRAIN_SECTIONS = ("A1", "B1", "C1")
 DEMO_HELDOUT_SECTION = "D1"
 DEMO_IMAGE_ENCODER = "resnet10t"
 DEMO_RETRIEVAL_K = 10  # ~3 % of the ~330-spot bank (the paper: 200 of ~9,000 HER2+ spots)
-DEMO_FEATURE_VIEWS = 4
+DEMO_FEATURE_VIEWS = 2
+DEMO_EPOCHS = 60  # the synthetic signal is learnt well before the cpu profile's 150 epochs
 DEMO_PLOT_GENES = ("SYN_TUMOUR_01", "SYN_IMMUNE_01", "SYN_ADIPOSE_01", "SYN_HOUSEKEEPING_01")
 N_SHUFFLES = 20
 
@@ -97,8 +98,9 @@ def run_demo(
     overwrite: bool = False,
     progress: bool = True,
     feature_views: int = DEMO_FEATURE_VIEWS,
-    epochs: int | None = None,
+    epochs: int = DEMO_EPOCHS,
     image_encoder: str = DEMO_IMAGE_ENCODER,
+    grid: tuple[int, int] = (12, 12),
 ) -> DemoResult:
     """Run the synthetic end-to-end demo into `out_dir`; returns paths and metrics."""
     import torch
@@ -109,10 +111,12 @@ def run_demo(
     from mclstexp_hub.evaluation.metrics import evaluate_section
     from mclstexp_hub.modeling_mclstexp import MclSTExpModel
     from mclstexp_hub.pipeline_mclstexp import save_pipeline_code
+    from mclstexp_hub.prediction.predict import ensure_registered
     from mclstexp_hub.synthetic import SYNTHETIC_NOTE, generate_synthetic_dataset
     from mclstexp_hub.training.profiles import get_profile
     from mclstexp_hub.training.trainer import train_model
 
+    ensure_registered()  # checkpoints then carry the processor's auto_map and code
     out = Path(out_dir)
     if out.exists():
         if not overwrite and any(out.iterdir()):
@@ -129,7 +133,7 @@ def run_demo(
     t0 = time.perf_counter()
     sections = (*DEMO_TRAIN_SECTIONS, DEMO_HELDOUT_SECTION)
     data = generate_synthetic_dataset(out / "synthetic", sections=sections, seed=seed,
-                                      progress=progress)
+                                      n_rows=grid[0], n_cols=grid[1], progress=progress)
     timings["synthetic_data_s"] = time.perf_counter() - t0
     _say(f"[1/7] synthetic slides: {data.n_spots} spots under tissue, {len(data.gene_names)} "
          f"genes, {data.spot_diameter} px spots -> {data.data_dir}")
@@ -247,4 +251,4 @@ def run_demo(
     return DemoResult(out_dir=out, checkpoint=ckpt, prediction=pred_path, metrics=metrics)
 
 
-__all__ = ["DemoResult", "REAL_DATA_COMMANDS", "heldout_spots_csv", "run_demo", "shuffled_control"]
+__all__ = ["REAL_DATA_COMMANDS", "DemoResult", "heldout_spots_csv", "run_demo", "shuffled_control"]

@@ -22,7 +22,7 @@ Hub-bound remote code: imports only third-party packages and, relatively, its si
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from transformers.image_processing_backends import TorchvisionBackend
@@ -99,7 +99,7 @@ class MclSTExpImageProcessor(TorchvisionBackend):
     """
 
     valid_kwargs = MclSTExpImageProcessorKwargs
-    model_input_names = ["pixel_values"]
+    model_input_names: ClassVar[list[str]] = ["pixel_values"]
 
     patch_size = 224
     pixel_scaling = "unit"
@@ -107,9 +107,9 @@ class MclSTExpImageProcessor(TorchvisionBackend):
     do_convert_rgb = True
     do_resize = False
     resample = PILImageResampling.BILINEAR
-    size = {"height": 224, "width": 224}
+    size: ClassVar[dict[str, int]] = {"height": 224, "width": 224}
     do_center_crop = True
-    crop_size = {"height": 224, "width": 224}
+    crop_size: ClassVar[dict[str, int]] = {"height": 224, "width": 224}
     do_rescale = True
     rescale_factor = 1 / 255
     do_normalize = False
@@ -212,4 +212,4 @@ class MclSTExpImageProcessor(TorchvisionBackend):
         return BatchFeature(data={"pixel_values": pixel_values}, tensor_type=return_tensors)
 
 
-__all__ = ["MclSTExpImageProcessor", "MclSTExpImageProcessorKwargs", "native_scaling", "PAD_VALUE"]
+__all__ = ["PAD_VALUE", "MclSTExpImageProcessor", "MclSTExpImageProcessorKwargs", "native_scaling"]

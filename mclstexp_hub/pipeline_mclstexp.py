@@ -165,7 +165,7 @@ def _is_tiled_tiff(path: str) -> bool:
     try:
         with tifffile.TiffFile(path) as tif:
             return len(tif.series[0].levels) > 1 or bool(tif.pages[0].is_tiled)
-    except Exception as exc:  # noqa: BLE001 - tifffile raises many types on bad files
+    except Exception as exc:
         raise ValueError(f"{path}: not a readable TIFF ({exc}).") from exc
 
 
@@ -179,7 +179,7 @@ def _open_tiffslide(path: str):
         ) from exc
     try:
         return tiffslide.TiffSlide(path)
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         raise ValueError(f"{path}: tiffslide cannot open this slide ({exc}).") from exc
 
 
@@ -424,7 +424,7 @@ class MclSTExpPipeline(Pipeline):
                 raise FileNotFoundError(f"patch image not found: {path}")
             try:
                 image = load_image(path, timeout=timeout)
-            except Exception as exc:  # noqa: BLE001 - PIL raises several types
+            except Exception as exc:
                 raise ValueError(f"{path}: cannot decode image ({exc}).") from exc
         inputs = self.image_processor(image, return_tensors="pt")
         return {"pixel_values": inputs["pixel_values"].to(self.dtype)}
@@ -593,22 +593,36 @@ def save_pipeline_code(save_directory: str | os.PathLike) -> list[str]:
     copied = [str(p) for p in custom_object_save(MclSTExpPipeline, folder) or []]
     config = json.loads(config_path.read_text(encoding="utf-8"))
     config["custom_pipelines"] = custom_pipeline_entry()
-    fd, tmp = tempfile.mkstemp(prefix=".config.json.", dir=folder)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(json.dumps(config, indent=2, sort_keys=True) + "\n")
-        os.chmod(tmp, os.stat(config_path).st_mode & 0o777)  # keep config.json's permissions
-        os.replace(tmp, config_path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    _write_json_atomic(config_path, config)
+    # The processor's code was copied with the pipeline's (relative import); point its config
+    # at it so AutoImageProcessor finds it where the package is not installed.
+    processor_path = folder / "preprocessor_config.json"
+    if processor_path.is_file():
+        processor = json.loads(processor_path.read_text(encoding="utf-8"))
+        auto_map = processor.setdefault("auto_map", {})
+        if "AutoImageProcessor" not in auto_map:
+            module = MclSTExpImageProcessor.__module__.split(".")[-1]
+            auto_map["AutoImageProcessor"] = f"{module}.{MclSTExpImageProcessor.__name__}"
+            _write_json_atomic(processor_path, processor)
     return copied
 
 
+def _write_json_atomic(path: Path, content: dict[str, Any]) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(json.dumps(content, indent=2, sort_keys=True) + "\n")
+        os.chmod(tmp, os.stat(path).st_mode & 0o777)  # keep the file's permissions
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
 __all__ = [
+    "TASK",
     "MclSTExpPipeline",
     "PatchReader",
-    "TASK",
     "build_prediction_anndata",
     "crop_window",
     "custom_pipeline_entry",

@@ -16,7 +16,9 @@ with a smooth density field modulating the nuclei inside every region. Spots sit
 grid; for each spot the *content of its own patch* (fractions of tumour-, immune- and
 stroma-nucleus pixels, vacuole and eosin fractions) sets the expression rates of ~40 genes
 through a fixed random gene programme, and counts are drawn with biological (log-normal) and
-Poisson noise and a varying library size. Four housekeeping genes carry no image signal.
+Poisson noise and a varying library size. Four housekeeping genes have constant rates; after
+normalising by the panel total they still vary with the other genes (the compositional effect
+real housekeeping genes show too).
 
 Slides are written in the layout of the HER2+ ST repository (``ST-cnts/``, ``ST-spotfiles/``,
 ``ST-imgs/``, ``ST-pat/lbl/``), so the real reader, preprocessing and dataset builder run on
@@ -127,15 +129,28 @@ def _smooth_field(rng: np.random.Generator, shape: tuple[int, int], scale: float
     return np.clip(np.asarray(image, dtype=np.float32), 0.0, 1.0)
 
 
-def _region_map(rng: np.random.Generator, shape: tuple[int, int], pitch: int) -> np.ndarray:
-    """Irregular regions: warped nearest-seed partition, every tissue type present."""
-    h, w = shape
+def _region_seeds(rng: np.random.Generator, tissue_low: np.ndarray, n_seeds: int) -> np.ndarray:
+    """Seed points inside the tissue, spread out (farthest-point among random candidates)."""
+    ys, xs = np.nonzero(tissue_low)
+    pick = rng.choice(len(ys), size=min(len(ys), 400), replace=False)
+    candidates = np.stack([ys[pick], xs[pick]], axis=1).astype(np.float32)
+    chosen = [candidates[0]]
+    for _ in range(n_seeds - 1):
+        d = np.min([np.hypot(*(candidates - c).T) for c in chosen], axis=0)
+        chosen.append(candidates[int(np.argmax(d))])
+    return np.stack(chosen)
+
+
+def _region_map(rng: np.random.Generator, tissue: np.ndarray, pitch: int) -> np.ndarray:
+    """Irregular regions: warped nearest-seed partition; every tissue type gets a seed inside
+    the tissue, the seeds spread out so that each region is sizeable."""
+    h, w = tissue.shape
     step = 4
     lh, lw = (h + step - 1) // step, (w + step - 1) // step
     n_seeds = int(rng.integers(6, 9))
     types = np.concatenate([rng.permutation(len(TISSUE_TYPES)),
                             rng.integers(0, len(TISSUE_TYPES), n_seeds - len(TISSUE_TYPES))])
-    seeds = rng.uniform([0.12 * lh, 0.12 * lw], [0.88 * lh, 0.88 * lw], size=(n_seeds, 2))
+    seeds = _region_seeds(rng, tissue[::step, ::step], n_seeds)
     yy, xx = np.mgrid[0:lh, 0:lw].astype(np.float32)
     distance = np.empty((n_seeds, lh, lw), dtype=np.float32)
     for k, (sy, sx) in enumerate(seeds):
@@ -187,7 +202,7 @@ def render_synthetic_slide(
     h, w = 2 * margin + pitch * (n_rows - 1), 2 * margin + pitch * (n_cols - 1)
     shape = (h, w)
     tissue = _tissue_mask(rng, shape, pitch)
-    region = np.where(tissue, _region_map(rng, shape, pitch), -1).astype(np.int8)
+    region = np.where(tissue, _region_map(rng, tissue, pitch), -1).astype(np.int8)
     density = 0.55 + 0.9 * _smooth_field(rng, shape, scale=1.2 * pitch)  # modulates nuclei
 
     # base colour: glass outside, per-region background inside, with fibre texture

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from hub_server import (  # noqa: E402 - the client subprocess runs this file as a script
+from hub_server import (
     TINY_GENES,
     LocalHub,
     client_env,

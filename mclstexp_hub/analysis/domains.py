@@ -58,16 +58,18 @@ def domain_scores(
         "ari": float(adjusted_rand_score(labels, clusters)),
         "nmi": float(normalized_mutual_info_score(labels, clusters)),
         "n_labelled": int(keep.sum()),
-        "n_label_classes": int(len(set(labels))),
+        "n_label_classes": len(set(labels)),
     }
 
 
 def read_labels(spec: str, adata) -> tuple[np.ndarray, str]:
     """Region label of every spot of `adata` from an obs key or a file; ("" = unlabelled).
 
-    A file is CSV/TSV with either `spot_id` + `label` columns (matched by id), or `pixel_x`,
-    `pixel_y` + `label` (matched to the nearest spot centre within half a spot diameter — the
-    layout of her2st's `ST-pat/lbl/*_labeled_coordinates.tsv`).
+    A file is CSV/TSV with a `label` column and, to place each label, one of: `spot_id` (matched
+    by id); `x`, `y` array coordinates (rounded, matched to obs array_x/array_y or to spot ids
+    "{x}x{y}" — her2st's `ST-pat/lbl/*_labeled_coordinates.tsv`, whose pixel columns are not in
+    the full-resolution frame); or `pixel_x`, `pixel_y` (nearest spot centre within half a spot
+    diameter).
     """
     if spec in adata.obs.columns:
         values = adata.obs[spec].astype(str).fillna("").to_numpy()
@@ -91,6 +93,10 @@ def read_labels(spec: str, adata) -> tuple[np.ndarray, str]:
         if not any(values):
             raise ValueError(f"{path}: no spot_id matches the prediction's spots.")
         return values, f"{path} (by spot_id)"
+    if {"x", "y"} <= set(table.columns):
+        values = _labels_by_array_position(table, adata)
+        if values is not None:
+            return values, f"{path} (by array position x, y)"
     if {"pixel_x", "pixel_y"} <= set(table.columns):
         from scipy.spatial import cKDTree
 
@@ -110,9 +116,27 @@ def read_labels(spec: str, adata) -> tuple[np.ndarray, str]:
             )
         return values.astype(object), f"{path} (nearest labelled point within {radius:g} px)"
     raise ValueError(
-        f"{path}: needs `spot_id` + `label` or `pixel_x`, `pixel_y` + `label` columns "
+        f"{path}: needs `label` with `spot_id`, array `x`/`y` or `pixel_x`/`pixel_y` columns "
         f"(found {list(table.columns)})."
     )
+
+
+def _labels_by_array_position(table: pd.DataFrame, adata) -> np.ndarray | None:
+    """Labels keyed by rounded array (x, y) — her2st's label tables, whose pixel columns are in
+    another frame than the full-resolution image. Spots are keyed by `obs` array_x/array_y, else
+    by ids of the form "{x}x{y}". None when nothing matches."""
+    xy = table[["x", "y"]].apply(pd.to_numeric, errors="coerce")
+    ok = xy.notna().all(axis=1).to_numpy()
+    keys = (np.rint(xy["x"][ok]).astype(int).astype(str) + "x"
+            + np.rint(xy["y"][ok]).astype(int).astype(str))
+    mapping = dict(zip(keys, table["label"][ok], strict=True))
+    if {"array_x", "array_y"} <= set(adata.obs.columns):
+        spot_keys = (adata.obs["array_x"].astype(int).astype(str) + "x"
+                     + adata.obs["array_y"].astype(int).astype(str)).tolist()
+    else:
+        spot_keys = adata.obs_names.astype(str).tolist()
+    values = np.array([mapping.get(k, "") for k in spot_keys], dtype=object)
+    return values if any(values) else None
 
 
 @dataclass

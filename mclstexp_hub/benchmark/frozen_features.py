@@ -75,7 +75,10 @@ class FrozenFeatureStore:
         bf16: bool = False,
         batch_size: int = 64,
         progress: bool = True,
+        view_sections: Sequence[str] | None = None,
     ) -> None:
+        """`view_sections`: sections whose spots ever train (augmented views are computed only
+        for them; default all)."""
         if bn_calibration not in BN_CALIBRATIONS:
             raise ValueError(
                 f"bn_calibration must be one of {BN_CALIBRATIONS}; got {bn_calibration!r}."
@@ -93,6 +96,8 @@ class FrozenFeatureStore:
         self.bf16 = bf16
         self.batch_size = batch_size
         self.progress = progress
+        self.view_sections = ({str(v) for v in view_sections} if view_sections is not None
+                              else set(self.spot_sections.tolist()))
         self._initial_state = copy.deepcopy(model.image_encoder.state_dict())
         self._memo: dict[tuple[str, ...], FoldFeatures] = {}
 
@@ -103,7 +108,7 @@ class FrozenFeatureStore:
             view_sections = set(key)
         else:
             key = ("all",) if self.bn_calibration == "all" else ("none",)
-            view_sections = set(self.spot_sections.tolist())
+            view_sections = self.view_sections
         if key not in self._memo:
             self._memo[key] = self._compute(key, view_sections)
         return self._memo[key]
@@ -133,8 +138,8 @@ class FrozenFeatureStore:
             )
         tag = "-".join(key)
         os.makedirs(self.cache_dir, exist_ok=True)
-        common = dict(bf16=self.bf16, channels_last=self.channels_last, progress=self.progress,
-                      batch_size=self.batch_size, seed=self.seed)
+        common = {"bf16": self.bf16, "channels_last": self.channels_last,
+                  "progress": self.progress, "batch_size": self.batch_size, "seed": self.seed}
         clean = compute_image_features(
             model, self.patches, 1, augment=False,
             cache_path=os.path.join(self.cache_dir, f"clean-{tag}.safetensors"), **common,
@@ -144,7 +149,9 @@ class FrozenFeatureStore:
         if self.n_views > 0:
             views = compute_image_features(
                 model, self.patches[torch.from_numpy(view_rows)], self.n_views, augment=True,
-                cache_path=os.path.join(self.cache_dir, f"views{self.n_views}-{tag}.safetensors"),
+                cache_path=os.path.join(
+                self.cache_dir, f"views{self.n_views}-{tag}-{'-'.join(sorted(view_sections))}"
+                ".safetensors"),
                 **common,
             )
         encoder_path = os.path.join(self.cache_dir, f"encoder-{tag}.safetensors")

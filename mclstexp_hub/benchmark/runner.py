@@ -31,7 +31,12 @@ import torch
 
 from mclstexp_hub.evaluation.metrics import SectionMetrics, average_metrics, evaluate_section
 from mclstexp_hub.evaluation.plots import plot_r_distribution
-from mclstexp_hub.evaluation.report import write_csv, write_json, write_section_reports, write_text_atomic
+from mclstexp_hub.evaluation.report import (
+    write_csv,
+    write_json,
+    write_section_reports,
+    write_text_atomic,
+)
 
 from .baselines import BLEEP_ABLATION_OVERRIDES, ridge_probe_predict, topk_mean_predict
 from .frozen_features import BN_CALIBRATIONS, FrozenFeatureStore
@@ -266,6 +271,7 @@ def run_benchmark(opts: BenchmarkOptions) -> dict[str, Any]:
         feature_model, spots.patches, spots.sections, bn_calibration=bn_calibration,
         n_views=n_views, cache_dir=out / "features", seed=opts.seed,
         channels_last=prof.channels_last, bf16=prof.bf16, progress=progress,
+        view_sections=sorted({s for f in folds_run for s in f.train}),
     )
     description = profile_description(
         prof, paper_prof, bn_calibration, feature_config.image_encoder, opts.pretrained_encoder,
@@ -388,6 +394,10 @@ def run_benchmark(opts: BenchmarkOptions) -> dict[str, Any]:
             )
             section_results[method].extend(results)
             per_fold[method].append(_fold_summary(fold, results, details=details[method]))
+        spent = {k.split("_", 1)[1]: round(v, 1) for k, v in timings.items()
+                 if k.startswith(f"fold{fold.fold}_")}
+        print(f"fold {fold.fold} (held out {', '.join(fold.held_out)}): seconds {spent}",
+              flush=True)
 
     # ---------------------------------------------------------------- summary
     methods_out = {}

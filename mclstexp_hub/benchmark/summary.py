@@ -59,16 +59,16 @@ def summary_markdown(summary: dict[str, Any]) -> str:
         "",
         f"- Command: `{summary['command']}`",
         f"- Machine: {summary['machine']}",
-        f"- Date: {summary['date']}; mclstexp-hub {summary['package_version']}; "
-        f"wall time {summary['seconds'] / 60:.1f} min",
-        f"- Data: sections {', '.join(summary['sections'])}; {summary['n_genes']} genes "
-        f"({summary['gene_panel']}); expression units: {summary['expression_units']}",
+        (f"- Date: {summary['date']}; mclstexp-hub {summary['package_version']}; "
+        f"wall time {summary['seconds'] / 60:.1f} min"),
+        (f"- Data: sections {', '.join(summary['sections'])}; {summary['n_genes']} genes "
+        f"({summary['gene_panel']}); expression units: {summary['expression_units']}"),
         f"- Profile `{summary['profile']}`: {summary['profile_description']}",
         "",
-        "Measured here. Per-gene Pearson r over the spots of each held-out section; PCC(ACG) "
+        ("Measured here. Per-gene Pearson r over the spots of each held-out section; PCC(ACG) "
         "= mean over all genes, PCC(HEG)/PCC(HVG) = over the 50 genes with the highest mean / "
         "variance of observed expression in that section; genes with a constant prediction or "
-        "truth have no r and are dropped (counted in the last row). Best value per row in bold.",
+        "truth have no r and are dropped (counted in the last row). Best value per row in bold."),
         "",
         "Methods:",
     ]
@@ -85,15 +85,15 @@ def summary_markdown(summary: dict[str, Any]) -> str:
                 rows[key] = match[0]
         if not rows:
             continue
-        out += ["", f"## Fold {i}: held out {', '.join(fold['held_out'])}; trained on "
-                f"{', '.join(fold['train'])}", ""]
+        out += ["", (f"## Fold {i}: held out {', '.join(fold['held_out'])}; trained on "
+                f"{', '.join(fold['train'])}"), ""]
         out += _table(rows, methods, bold_best=True)
     paper = summary.get("paper_reported") or {}
     block = paper.get(summary["dataset"])
     out += ["", "## Reported in the paper (not measured here)", "",
-            f"Source: {paper.get('source', '?')}; protocol: {paper.get('split', '?')}. "
+            (f"Source: {paper.get('source', '?')}; protocol: {paper.get('split', '?')}. "
             "A different protocol from the tables above (more sections, 90 epochs, GPU); "
-            "not comparable number for number.", ""]
+            "not comparable number for number."), ""]
     if block:
         out += ["| dataset | PCC(ACG) | PCC(HEG) |", "|---|---:|---:|"]
         for name in ("her2st", "cscc", "alex10x"):

@@ -4,7 +4,29 @@ from __future__ import annotations
 
 import argparse
 import shlex
-import sys
+
+_ACTIONS: list[argparse.Action] = []
+
+
+def command_line(args: argparse.Namespace) -> str:
+    """The command as run, rebuilt from the parsed flags (works when called via `main(argv)`)."""
+    parts = ["mclstexp", "benchmark", args.dataset]
+    for action in _ACTIONS:
+        value = getattr(args, action.dest, None)
+        if value is None or value is False or action.dest in ("dataset", "command_line"):
+            continue
+        if action.dest == "methods" and list(value) == list(action.default):
+            continue
+        if action.dest == "seed" and value == action.default:
+            continue
+        flag = action.option_strings[0]
+        if value is True:
+            parts.append(flag)
+        elif isinstance(value, list):
+            parts += [flag, *(str(v) for v in value)]
+        else:
+            parts += [flag, str(value)]
+    return " ".join(shlex.quote(p) for p in parts)
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -34,7 +56,7 @@ def _run(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         seed=args.seed,
         progress=not args.quiet,
-        command=args.command_line or " ".join(shlex.quote(a) for a in ["mclstexp", *sys.argv[1:]]),
+        command=args.command_line or command_line(args),
     )
     summary = run_benchmark(opts)
     print()
@@ -100,3 +122,4 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--command-line", default=None, help=argparse.SUPPRESS)
     p.set_defaults(func=_run)
+    _ACTIONS[:] = [a for a in p._actions if a.option_strings and a.dest != "help"]

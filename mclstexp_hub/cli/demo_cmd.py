@@ -14,7 +14,7 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from mclstexp_hub.demo import DEMO_FEATURE_VIEWS
+    from mclstexp_hub.demo import DEMO_EPOCHS, DEMO_FEATURE_VIEWS
 
     p = subparsers.add_parser(
         "demo",
@@ -30,7 +30,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--feature-views", type=int, default=DEMO_FEATURE_VIEWS,
                    help=f"augmented views cached per training patch ({DEMO_FEATURE_VIEWS})")
-    p.add_argument("--epochs", type=int, default=None, help="default: the cpu profile's")
+    p.add_argument("--epochs", type=int, default=DEMO_EPOCHS,
+                   help=f"training epochs over the cached features ({DEMO_EPOCHS})")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_demo)

@@ -347,6 +347,7 @@ def render_card(
         title=f"{model_name}: spatial gene expression from H&E"
         + (f", {info.short} data" if info else ""),
         info=info,
+        encoder=f"timm `{config.image_encoder}`" if config is not None else "DenseNet-121",
         summary=summary,
         results_table=results_table(summary) if summary else None,
         n_model_index=len(results),

@@ -156,12 +156,15 @@ def _derive_missing(files: dict[str, Path], config: MclSTExpConfig, staging: Pat
 
 def _card_text(card: str | os.PathLike | ModelCard | None, files_dir: Path, config, repo_id: str,
                has_bank: bool) -> str:
+    """The card to upload: a ModelCard, card text (str with newlines) or a path to one."""
     if isinstance(card, ModelCard):
         text = str(card)
-    elif card is not None and Path(card).is_file():
-        text = Path(card).read_text(encoding="utf-8")
+    elif isinstance(card, str) and "\n" in card:
+        text = card
     elif card is not None:
-        raise FileNotFoundError(f"model card not found: {card}")
+        if not Path(card).is_file():
+            raise FileNotFoundError(f"model card not found: {card}")
+        text = Path(card).read_text(encoding="utf-8")
     elif (files_dir / CARD_FILENAME).is_file():
         text = (files_dir / CARD_FILENAME).read_text(encoding="utf-8")
     else:
@@ -186,8 +189,8 @@ def push_checkpoint(
 ) -> PushResult:
     """Upload a checkpoint directory (one commit), then its model card (a second commit).
 
-    card: a ModelCard, a path to one, or None for the directory's README.md or, failing that, a
-        card generated from the config (model_cards/template.md).
+    card: a ModelCard, card text, a path to a card file, or None for the directory's README.md
+        or, failing that, a card generated from the config (model_cards/template.md).
     add_missing: derive the image processor config and pipeline code when absent, and take
         remote-code modules the checkpoint lacks from the installed package.
     endpoint: Hub URL (default: HF_ENDPOINT / huggingface.co), e.g. a private Hub.

@@ -36,7 +36,7 @@ def read_counts_table(path: str | Path) -> pd.DataFrame:
         import anndata as ad
 
         adata = ad.read_h5ad(path)
-        counts = adata.layers["counts"] if "counts" in adata.layers else adata.X
+        counts = adata.layers.get("counts", adata.X)
         dense = counts.toarray() if sp.issparse(counts) else np.asarray(counts)
         return pd.DataFrame(dense, index=adata.obs_names.astype(str), columns=adata.var_names.astype(str))
     name = path.name.lower()

@@ -35,6 +35,8 @@ def ensure_registered() -> None:
     AutoImageProcessor.register(
         MclSTExpConfig, image_processor_classes={"torchvision": MclSTExpImageProcessor}, exist_ok=True
     )
+    # Saving then writes auto_map and copies the processor code (remote-code loading).
+    MclSTExpImageProcessor.register_for_auto_class()
     if PIPELINE_REGISTRY.supported_tasks.get(TASK, {}).get("impl") is not MclSTExpPipeline:
         PIPELINE_REGISTRY.register_pipeline(
             TASK, pipeline_class=MclSTExpPipeline, pt_model=AutoModel, type="image"
@@ -125,8 +127,8 @@ def _spots_for(slide, *, spots_csv, visium, tile, patch_size, tile_pitch, min_ti
 
 def add_observed(adata, observed: str | Path, gene_names: list[str], transform: str | None) -> float:
     """Put observed expression (model units) in `layers["observed"]`, r per gene in `var`."""
-    from .observed import observed_in_model_units, read_counts_table
     from ..evaluation.metrics import pearson_per_gene
+    from .observed import observed_in_model_units, read_counts_table
 
     counts = read_counts_table(observed)
     values, matched = observed_in_model_units(

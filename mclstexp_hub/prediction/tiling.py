@@ -119,4 +119,4 @@ def tile_spots(
     )
 
 
-__all__ = ["otsu_threshold", "tissue_mask", "tile_spots"]
+__all__ = ["otsu_threshold", "tile_spots", "tissue_mask"]

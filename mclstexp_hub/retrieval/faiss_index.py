@@ -54,8 +54,9 @@ def _normalised(x: Any, name: str) -> np.ndarray:
 
 
 def default_nlist(n: int) -> int:
-    """≈ 4·√n IVF cells (FAISS's rule of thumb), at least 1, with ≥ 39 training points per cell."""
-    return max(1, min(int(4 * np.sqrt(n)), n // 39))
+    """≈ √n IVF cells (1,000 for a million spots), at least 1, with ≥ 39 points per cell so
+    k-means has enough data; more cells make search cheaper but training slower."""
+    return max(1, min(int(np.sqrt(n) + 0.5), n // 39))
 
 
 @dataclass
@@ -85,8 +86,8 @@ class FaissSpotIndex:
     ) -> FaissSpotIndex:
         """Index a bank's embeddings (or an (N, D) matrix).
 
-        ivf: `nlist` cells (default ≈ 4·√N), `nprobe` scanned per query (default nlist/16,
-        at least 8); k-means is trained on at most `train_size` (default 256·nlist) random
+        ivf: `nlist` cells (default ≈ √N), `nprobe` scanned per query (default nlist/16,
+        at least 8); k-means is trained on at most `train_size` (default 64·nlist) random
         bank rows drawn with `seed`. hnsw: `hnsw_m` links, `ef_construction`,
         `ef_search` (default 128).
         """
@@ -111,7 +112,7 @@ class FaissSpotIndex:
             quantizer = faiss.IndexFlatIP(dim)
             index = faiss.IndexIVFFlat(quantizer, dim, nlist, faiss.METRIC_INNER_PRODUCT)
             index.cp.seed = int(seed)
-            train_size = int(train_size or 256 * nlist)
+            train_size = int(train_size or 64 * nlist)
             if train_size < n:
                 rows = np.random.default_rng(seed).choice(n, size=train_size, replace=False)
                 index.train(x[np.sort(rows)])

@@ -92,13 +92,13 @@ def plot_gene_map(adata, gene: str, path: str | Path, units: str | None = None) 
         both = np.concatenate([predicted, observed[np.isfinite(observed)]])
         vmin, vmax = float(np.min(both)), float(np.max(both))
         r = gene_pearson(predicted, observed)
-        fig, axes = plt.subplots(1, 2, figsize=(10, 5.2))
+        fig, axes = plt.subplots(1, 2, figsize=(10, 5.0), layout="constrained")
         _draw(axes[0], image, xy, diameter, predicted, "viridis", vmin, vmax, "predicted")
         mappable = _draw(axes[1], image, xy, diameter, observed, "viridis", vmin, vmax, "observed")
         fig.suptitle(f"{gene} — Pearson r = {r:.3f} (n = {int(np.isfinite(observed).sum())} spots)")
         fig.colorbar(mappable, ax=axes, shrink=0.7, label=units)
     else:
-        fig, ax = plt.subplots(figsize=(6, 5.6))
+        fig, ax = plt.subplots(figsize=(6, 5.6), layout="constrained")
         vmin, vmax = float(predicted.min()), float(predicted.max())
         mappable = _draw(ax, image, xy, diameter, predicted, "viridis", vmin, vmax,
                          f"{gene} — predicted")
@@ -135,7 +135,7 @@ def plot_cluster_map(adata, key: str, path: str | Path, title: str | None = None
     categories = sorted(set(labels), key=lambda s: (len(s), s))
     codes = np.array([categories.index(v) for v in labels], dtype=np.float64)
     cmap = plt.get_cmap("tab10" if len(categories) <= 10 else "tab20", max(len(categories), 1))
-    fig, ax = plt.subplots(figsize=(6.5, 5.6))
+    fig, ax = plt.subplots(figsize=(6.5, 5.6), layout="constrained")
     _draw(ax, image, xy, diameter, codes, cmap, -0.5, len(categories) - 0.5,
           title or f"spatial domains ({key})", categorical=True)
     from matplotlib.patches import Patch

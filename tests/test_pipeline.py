@@ -1,0 +1,239 @@
+"""The `spatial-gene-expression` pipeline: single patch, batches, whole slides, remote code."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+from test_pipeline_helpers import (
+    B4_IMAGE,
+    BLOCK_PACKAGE,
+    UNITS,
+    build_checkpoint,
+    her2st_spots,
+    section_expression,
+)
+from transformers import pipeline
+
+from mclstexp_hub.pipeline_mclstexp import TASK, MclSTExpPipeline, PatchReader
+from mclstexp_hub.pixels_mclstexp import scale_pixel_values
+from mclstexp_hub.prediction.predict import ensure_registered, load_pipeline
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def c2(her2st_dir, her2st_panel):
+    return section_expression(her2st_dir, "C2", her2st_panel)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory, c2) -> Path:
+    out = tmp_path_factory.mktemp("ckpt")
+    build_checkpoint(out, c2, k=10)
+    return out
+
+
+@pytest.fixture(scope="module")
+def pipe(checkpoint):
+    return load_pipeline(checkpoint, device="cpu", batch_size=4)
+
+
+@pytest.fixture(scope="module")
+def b4_image(her2st_dir) -> Path:
+    return Path(her2st_dir).joinpath(*B4_IMAGE)
+
+
+@pytest.fixture(scope="module")
+def b4_patches(her2st_dir, b4_image):
+    from mclstexp_hub.data.slide import open_slide
+
+    spots = her2st_spots(her2st_dir, "B4", every=40)
+    with open_slide(b4_image) as slide:
+        patches = [slide.read_patch(x, y, 224) for x, y in spots[["pixel_x", "pixel_y"]].to_numpy()]
+    return spots, patches
+
+
+def _direct(model, patches, k=None):
+    pixels = scale_pixel_values(torch.from_numpy(np.stack(patches)).permute(0, 3, 1, 2), "unit")
+    return model.predict_expression(pixel_values=pixels, k=k).expression
+
+
+def test_registered_task_and_checkpoint_files(checkpoint, pipe):
+    ensure_registered()
+    from transformers.pipelines import PIPELINE_REGISTRY
+
+    assert PIPELINE_REGISTRY.supported_tasks[TASK]["impl"] is MclSTExpPipeline
+    config = json.loads((checkpoint / "config.json").read_text())
+    assert config["custom_pipelines"][TASK] == {
+        "impl": "pipeline_mclstexp.MclSTExpPipeline", "pt": ["AutoModel"], "type": "image"}
+    for name in ("pipeline_mclstexp.py", "image_processing_mclstexp.py", "pixels_mclstexp.py",
+                 "modeling_mclstexp.py", "spot_bank.safetensors", "preprocessor_config.json"):
+        assert (checkpoint / name).is_file(), name
+    assert isinstance(pipe, MclSTExpPipeline) and pipe.device.type == "cpu"
+    assert pipe.image_processor.patch_size == 224
+
+
+def test_single_patch_gives_every_gene_in_panel_order(pipe, b4_patches, her2st_panel):
+    _, patches = b4_patches
+    out = pipe(Image.fromarray(patches[0]))
+    assert list(out) == her2st_panel
+    expected = _direct(pipe.model, patches[:1])[0]
+    assert np.allclose(list(out.values()), expected.numpy(), atol=1e-6)
+    top = pipe(Image.fromarray(patches[0]), top_n=5)
+    values = list(top.values())
+    assert len(top) == 5 and values == sorted(values, reverse=True)
+    assert min(values) >= max(v for g, v in out.items() if g not in top)
+    raw = pipe(Image.fromarray(patches[0]), return_tensors=True)
+    assert raw["expression"].shape == (len(her2st_panel),)
+    assert raw["neighbour_indices"].shape == (10,) and raw["image_embeds"].shape == (256,)
+
+
+def test_path_input_and_batches_match_single_calls(pipe, b4_patches, tmp_path):
+    _, patches = b4_patches
+    paths = []
+    for i, patch in enumerate(patches[:5]):
+        paths.append(str(tmp_path / f"p{i}.png"))
+        Image.fromarray(patch).save(paths[-1])
+    batched = pipe(paths, batch_size=2, k=5)
+    assert isinstance(batched, list) and len(batched) == 5
+    expected = _direct(pipe.model, patches[:5], k=5).numpy()
+    got = np.array([list(d.values()) for d in batched])
+    assert np.allclose(got, expected, atol=1e-5)
+    assert pipe([]) == []
+
+
+def test_whole_slide_returns_scanpy_ready_anndata(pipe, b4_patches, b4_image, her2st_panel):
+    spots, patches = b4_patches
+    adata = pipe({"image": str(b4_image), "spots": spots}, batch_size=3)
+    assert list(adata.var_names) == her2st_panel
+    assert list(adata.obs_names) == spots["spot_id"].tolist()
+    assert np.allclose(adata.obsm["spatial"], spots[["pixel_x", "pixel_y"]].to_numpy())
+    assert np.allclose(adata.X, _direct(pipe.model, patches).numpy(), atol=1e-5)
+    library = adata.uns["spatial"]["BT10737_D2_HE"]
+    scale = library["scalefactors"]["tissue_hires_scalef"]
+    assert max(library["images"]["hires"].shape[:2]) == 2000
+    assert abs(library["images"]["hires"].shape[1] - 9272 * scale) < 1
+    info = adata.uns["mclstexp"]
+    assert info["units"] == UNITS and info["retrieval_k"] == 10
+    assert info["spot_bank_n_spots"] == 187 and info["spot_bank_sections"] == ["C2"]
+    # an (n, 2) array of centres works too, with generated spot ids
+    arr = pipe({"image": Image.open(b4_image), "spots": spots[["pixel_x", "pixel_y"]].to_numpy()})
+    assert arr.obs_names[0] == "spot_0" and np.allclose(arr.X, adata.X, atol=1e-5)
+
+
+def test_inference_patches_equal_training_patches(her2st_dir, b4_image):
+    """The pipeline's own reader cuts exactly the patches the dataset builder trains on."""
+    from mclstexp_hub.data.patches import extract_patches
+    from mclstexp_hub.data.readers.her2st import read_her2st
+
+    section = read_her2st(her2st_dir, ["B4"])[0][::50]
+    training = extract_patches(section, b4_image, 224)
+    reader = PatchReader(str(b4_image))
+    for (x, y), want in zip(section.obsm["spatial"], training, strict=True):
+        assert np.array_equal(reader.read_patch(x, y, 224), want)
+    edge = reader.read_patch(5.0, 5.0, 224)  # beyond the border: white, as in training
+    assert edge[0, 0].tolist() == [255, 255, 255]
+
+
+def test_model_without_spot_bank_is_refused(tmp_path, c2):
+    build_checkpoint(tmp_path, c2, with_bank=False)
+    with pytest.raises(ValueError, match="no spot bank"):
+        load_pipeline(tmp_path, device="cpu")
+
+
+def test_bad_call_options_are_clear(pipe, b4_patches):
+    _, patches = b4_patches
+    image = Image.fromarray(patches[0])
+    with pytest.raises(ValueError, match="larger than the spot bank"):
+        pipe(image, k=10_000)
+    with pytest.raises(ValueError, match="top_n"):
+        pipe(image, top_n=0)
+    with pytest.raises(TypeError, match="unknown option"):
+        pipe(image, colour="blue")
+    with pytest.raises(ValueError, match="whole-slide input"):
+        pipe({"image": image})
+    with pytest.raises(FileNotFoundError, match="patch image not found"):
+        pipe("/nonexistent/patch.png")
+
+
+def test_processor_config_mismatch_is_refused(checkpoint):
+    from mclstexp_hub.image_processing_mclstexp import MclSTExpImageProcessor
+
+    ensure_registered()
+    with pytest.raises(ValueError, match="patch_size"):
+        pipeline(TASK, model=str(checkpoint), pipeline_class=MclSTExpPipeline, device="cpu",
+                 image_processor=MclSTExpImageProcessor(patch_size=112))
+
+
+def test_plain_pipeline_call_with_trust_remote_code(checkpoint, b4_patches):
+    """With the package installed, `pipeline(task, model=dir, trust_remote_code=True)` works."""
+    _, patches = b4_patches
+    pipe = pipeline(TASK, model=str(checkpoint), trust_remote_code=True, device="cpu")
+    out = pipe(Image.fromarray(patches[1]))
+    assert np.allclose(list(out.values()), _direct(pipe.model, patches[1:2])[0].numpy(), atol=1e-6)
+
+
+def test_remote_code_load_without_the_package(checkpoint, b4_patches, tmp_path):
+    """Where mclstexp_hub cannot be imported, the checkpoint's own code serves all inputs."""
+    spots, patches = b4_patches
+    Image.fromarray(patches[0]).save(tmp_path / "patch.png")
+    spots.iloc[:3].to_csv(tmp_path / "spots.csv", index=False)
+    reference = load_pipeline(checkpoint, device="cpu")
+    expected = list(reference(Image.fromarray(patches[0])).values())
+    slide = Image.fromarray(np.concatenate([patches[0], patches[1]], axis=1))
+    slide.save(tmp_path / "slide.png")
+    expected_slide = reference({"image": slide, "spots": [[112, 112], [336, 112]]}).X
+    script = BLOCK_PACKAGE + textwrap.dedent(
+        f"""
+        import json, sys
+        import numpy as np
+        from transformers import pipeline
+        pipe = pipeline({TASK!r}, model={str(checkpoint)!r}, trust_remote_code=True, device="cpu")
+        single = pipe({str(tmp_path / "patch.png")!r})
+        batch = pipe([{str(tmp_path / "patch.png")!r}] * 3, batch_size=2, top_n=3)
+        adata = pipe({{"image": {str(tmp_path / "slide.png")!r}, "spots": [[112, 112], [336, 112]]}})
+        blocked = [m for m in sys.modules if m.startswith("mclstexp_hub")]
+        print(json.dumps({{
+            "single": list(single.values()), "batch": [list(b) for b in batch],
+            "slide": np.asarray(adata.X).tolist(), "blocked": blocked,
+            "classes": [type(pipe).__module__, type(pipe.model).__module__,
+                        type(pipe.image_processor).__module__],
+        }}))
+        """
+    )
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "modules")}
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=False,
+                          timeout=300, env=env, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["blocked"] == []
+    assert all(m.startswith("transformers_modules.") for m in result["classes"])
+    assert np.allclose(result["single"], expected, atol=1e-5)
+    assert len(result["batch"]) == 3 and len(result["batch"][0]) == 3
+    assert np.allclose(result["slide"], expected_slide, atol=1e-5)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_matches_cpu(checkpoint, b4_patches):
+    _, patches = b4_patches
+    cpu = load_pipeline(checkpoint, device="cpu")
+    gpu = load_pipeline(checkpoint, device="cuda")
+    assert gpu.device.type == "cuda"
+    images = [Image.fromarray(p) for p in patches[:4]]
+    a = np.array([list(d.values()) for d in cpu(images, batch_size=2)])
+    b = np.array([list(d.values()) for d in gpu(images, batch_size=2)])
+    assert np.allclose(a, b, atol=1e-3)
+    spots = pd.DataFrame({"pixel_x": [112.0, 336.0], "pixel_y": [112.0, 112.0]})
+    slide = Image.fromarray(np.concatenate(patches[:2], axis=1))
+    assert np.allclose(cpu({"image": slide, "spots": spots}).X,
+                       gpu({"image": slide, "spots": spots}).X, atol=1e-3)
