@@ -42,10 +42,11 @@ import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar
 
 import numpy as np
 import torch
+
+from mclstexp_hub.data.safe_npy import load_npy_safely
 
 logger = logging.getLogger("convert_mclstexp_original")
 
@@ -109,52 +110,12 @@ def normalise_original_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.T
     return out
 
 
-class _NumpyArrayUnpickler(pickle.Unpickler):
-    """Rebuilds object-dtype numpy arrays of plain values; any other global is refused."""
-
-    _ALLOWED: ClassVar[set[tuple[str, str]]] = {
-        ("numpy.core.multiarray", "_reconstruct"),
-        ("numpy._core.multiarray", "_reconstruct"),
-        ("numpy", "ndarray"),
-        ("numpy", "dtype"),
-    }
-
-    def find_class(self, module: str, name: str):
-        if (module, name) not in self._ALLOWED:
-            raise pickle.UnpicklingError(
-                f"global {module}.{name} is not allowed in a gene panel file"
-            )
-        if name == "_reconstruct":
-            from numpy._core.multiarray import _reconstruct
-
-            return _reconstruct
-        return getattr(np, name)
-
-
 def _load_npy_safely(path: Path) -> np.ndarray:
-    """`.npy` contents; object arrays go through the restricted unpickler, never `pickle.load`."""
-    with open(path, "rb") as handle:
-        try:
-            version = np.lib.format.read_magic(handle)
-            if version == (1, 0):
-                shape, _fortran, dtype = np.lib.format.read_array_header_1_0(handle)
-            else:
-                shape, _fortran, dtype = np.lib.format.read_array_header_2_0(handle)
-        except ValueError as exc:
-            raise ConversionError(f"{path}: not a .npy file ({exc})") from exc
-        if not dtype.hasobject:
-            handle.seek(0)
-            return np.load(handle, allow_pickle=False)
-        try:
-            array = _NumpyArrayUnpickler(handle).load()
-        except (pickle.UnpicklingError, EOFError, TypeError, ValueError, AttributeError) as exc:
-            raise ConversionError(
-                f"{path}: refused to read this object array ({exc}). Gene panels must hold "
-                "strings only; save it as text (one gene per line) if it holds anything else."
-            ) from exc
-    if not isinstance(array, np.ndarray) or tuple(array.shape) != tuple(shape):
-        raise ConversionError(f"{path}: the pickled payload does not match its .npy header")
-    return array
+    """`.npy` contents without executing pickles (see mclstexp_hub.data.safe_npy)."""
+    try:
+        return load_npy_safely(path)
+    except ValueError as exc:
+        raise ConversionError(str(exc)) from exc
 
 
 def read_gene_panel(path: str | os.PathLike) -> list[str]:

@@ -38,11 +38,11 @@ mclstexp train --dataset her2st_ds --config her2st --train-sections C2 C3 C4 \\
     --profile cpu --out her2st_ckpt
 mclstexp predict --model her2st_ckpt \\
     --image ../shared/data/her2st/ST-imgs/B/B4/BT10737_D2_HE.jpg \\
-    --spots b4_spots.csv --observed ../shared/data/her2st/ST-cnts/B4.tsv.gz \\
-    --out b4_pred.h5ad --plot GNAS FASN
+    --spots ../shared/data/her2st/ST-spotfiles/B4_selection.tsv \\
+    --observed ../shared/data/her2st/ST-cnts/B4.tsv.gz --out b4_pred.h5ad --plot GNAS FASN
 mclstexp domains b4_pred.h5ad --n-clusters 4
-# (b4_spots.csv: columns spot_id,pixel_x,pixel_y from ST-spotfiles/B4_selection.tsv;
-#  --tile instead of --spots predicts on a grid over the tissue.)"""
+# (--tile instead of --spots predicts on a grid over the tissue; a spots CSV needs
+#  pixel_x,pixel_y[,spot_id] in full-resolution pixels.)"""
 
 
 @dataclass

@@ -469,12 +469,78 @@ class MclSTExpModel(MclSTExpPreTrainedModel):
     def from_pretrained(cls, pretrained_model_name_or_path, *args: Any, **kwargs: Any):
         """Load weights and config, then the spot bank next to them when there is one."""
         load_bank = kwargs.pop("load_spot_bank", True)
+        if load_bank and not os.path.isdir(os.fspath(pretrained_model_name_or_path)):
+            # One commit for weights and bank, even if the branch moves during the download.
+            from transformers.utils.hub import resolve_revision
+
+            kwargs["revision"] = resolve_revision(
+                pretrained_model_name_or_path,
+                kwargs.get("revision"),
+                token=kwargs.get("token"),
+                local_files_only=kwargs.get("local_files_only", False),
+                cache_dir=kwargs.get("cache_dir"),
+            )
         model = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
         if load_bank:
             bank_path = _resolve_optional_file(pretrained_model_name_or_path, SPOT_BANK_FILENAME, kwargs)
             if bank_path is not None:
                 model.attach_spot_bank(SpotBank.load(bank_path))
         return model
+
+    def push_to_hub(
+        self,
+        repo_id: str,
+        *,
+        image_processor: Any = None,
+        model_card: str | None = None,
+        commit_message: str | None = None,
+        commit_description: str | None = None,
+        private: bool | None = None,
+        token: str | None = None,
+        revision: str | None = None,
+        create_pr: bool = False,
+        max_shard_size: str = "50GB",
+        **_: Any,
+    ):
+        """Weights, spot bank, image processor and remote code in one commit; the card last.
+
+        transformers' default push would publish neither processor nor pipeline code and would
+        write a generic README; the model card goes in a second commit so nothing overwrites it.
+        """
+        import tempfile
+
+        from huggingface_hub import HfApi
+
+        from .image_processing_mclstexp import MclSTExpImageProcessor
+        from .pipeline_mclstexp import save_pipeline_code
+
+        api = HfApi(token=token)
+        repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
+        if revision is not None and not revision.startswith("refs/pr"):
+            api.create_branch(repo_id, branch=revision, exist_ok=True)
+        with tempfile.TemporaryDirectory() as tmp:
+            self.save_pretrained(tmp, max_shard_size=max_shard_size)
+            processor = image_processor or MclSTExpImageProcessor.from_model_config(self.config)
+            processor.save_pretrained(tmp)
+            save_pipeline_code(tmp)
+            info = api.upload_folder(
+                folder_path=tmp,
+                repo_id=repo_id,
+                revision=revision,
+                create_pr=create_pr,
+                commit_description=commit_description,
+                commit_message=commit_message or "Upload mclSTExp model, spot bank and processor",
+            )
+        if model_card is not None:
+            info = api.upload_file(
+                path_or_fileobj=str(model_card).encode("utf-8"),
+                path_in_repo="README.md",
+                repo_id=repo_id,
+                revision=revision,
+                create_pr=create_pr,
+                commit_message="Add model card",
+            )
+        return info
 
 
 def _resolve_optional_file(name_or_path, filename: str, kwargs: dict[str, Any]) -> str | None:

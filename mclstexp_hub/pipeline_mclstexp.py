@@ -521,7 +521,7 @@ class MclSTExpPipeline(Pipeline):
         record = {
             "task": TASK,
             "model": str(getattr(config, "_name_or_path", "") or ""),
-            "model_revision": str(getattr(config, "_commit_hash", "") or ""),
+            "model_revision": "",  # filled by callers that know it (mclstexp predict does)
             "units": config.expression_units or bank.metadata.get("expression_units")
             or "unknown (the checkpoint does not record its expression units)",
             "expression_transform": config.expression_transform

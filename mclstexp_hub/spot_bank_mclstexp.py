@@ -159,13 +159,18 @@ class SpotBank:
     def check_compatible(self, gene_names: list[str], embedding_dim: int) -> None:
         """Refuse a bank that cannot serve a model: genes or embedding width differ."""
         if list(gene_names) != self.gene_names:
-            missing = [g for g in gene_names if g not in set(self.gene_names)]
+            model_genes = list(gene_names)
+            first = next(
+                (i for i, (m, b) in enumerate(zip(model_genes, self.gene_names)) if m != b),
+                min(len(model_genes), len(self.gene_names)),
+            )
+            model_at = model_genes[first] if first < len(model_genes) else "<end>"
+            bank_at = self.gene_names[first] if first < len(self.gene_names) else "<end>"
             raise ValueError(
                 "Spot bank genes do not match the model's `gene_names`: model has "
-                f"{len(gene_names)} genes, bank has {len(self.gene_names)}"
-                + (f"; {len(missing)} model genes absent from the bank, e.g. {missing[:5]}"
-                   if missing else "; same genes in a different order")
-                + ". Build the bank from data preprocessed with the model's gene panel."
+                f"{len(model_genes)} genes, bank has {len(self.gene_names)}; first difference "
+                f"at position {first}: model {model_at!r}, bank {bank_at!r}. Build the bank "
+                "from data preprocessed with the model's gene panel."
             )
         if embedding_dim != self.embedding_dim:
             raise ValueError(

@@ -100,3 +100,46 @@ def test_bleep_overrides_and_paper_block():
     assert paper["alex10x"]["pcc_acg"] == 0.1949 and paper["alex10x"]["pcc_heg"] == 0.3611
     paper["her2st"]["pcc_acg"] = 0  # a copy: the module's numbers cannot be changed by callers
     assert paper_reported()["her2st"]["pcc_acg"] == 0.2304
+
+
+def test_frozen_feature_store_policies(tmp_path):
+    """`all` computes once for every fold; `train` calibrates per fold; the saved encoder state
+    reproduces the features' encoder exactly."""
+    import torch
+
+    from mclstexp_hub import MclSTExpConfig, MclSTExpModel
+    from mclstexp_hub.benchmark.frozen_features import FrozenFeatureStore
+    from mclstexp_hub.training.features import encoder_fingerprint
+    from mclstexp_hub.training.trainer import load_pretrained_encoder
+
+    config = MclSTExpConfig(gene_names=["a", "b"], image_encoder="mobilenetv3_small_050",
+                            max_position=64, patch_size=64)
+    torch.manual_seed(0)
+    model = MclSTExpModel(config).eval()
+    g = torch.Generator().manual_seed(0)
+    patches = torch.randint(0, 256, (12, 3, 64, 64), dtype=torch.uint8, generator=g)
+    sections = ["A"] * 4 + ["B"] * 4 + ["C"] * 4
+    kw = dict(n_views=2, seed=0, channels_last=False, batch_size=4, progress=False)
+
+    store = FrozenFeatureStore(model, patches, sections, bn_calibration="all",
+                               cache_dir=tmp_path / "all", **kw)
+    f1, f2 = store.for_fold(["B", "C"]), store.for_fold(["A", "C"])
+    assert f1 is f2 and f1.calibrated_on == ("A", "B", "C")
+    rows = np.array([4, 5, 9])
+    views = f1.training_views(rows, include_clean=True)
+    assert views.shape == (3, 3, model.image_encoder.num_features)
+    torch.testing.assert_close(views[0], f1.clean[rows])
+    assert not torch.equal(views[1], views[2])  # two different augmented views
+
+    store = FrozenFeatureStore(model, patches, sections, bn_calibration="train",
+                               cache_dir=tmp_path / "train", **kw)
+    fa, fb = store.for_fold(["B", "C"]), store.for_fold(["A", "C"])
+    assert fa.calibrated_on == ("B", "C") and fb.calibrated_on == ("A", "C")
+    assert fa.fingerprint != fb.fingerprint
+    assert set(fa.view_rows.tolist()) == set(range(4, 12))
+    with pytest.raises(ValueError, match="no augmented views"):
+        fa.training_views(np.array([0]), include_clean=True)  # section A never trains here
+
+    fresh = MclSTExpModel(config).eval()
+    load_pretrained_encoder(fresh, fb.encoder_path)
+    assert encoder_fingerprint(fresh) == fb.fingerprint

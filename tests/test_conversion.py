@@ -405,7 +405,7 @@ def test_pickled_code_in_checkpoint_or_panel_is_never_executed(authors, genes_fi
     panel = tmp_path / "panel.npy"
     np.save(panel, np.array([_Payload(marker)] + [f"G{i}" for i in range(N_GENES - 1)], dtype=object),
             allow_pickle=True)
-    with pytest.raises(conv.ConversionError, match="not allowed in a gene panel"):
+    with pytest.raises(conv.ConversionError, match="is not allowed in this file"):
         conv.read_gene_panel(panel)
     assert not marker.exists()
 

@@ -342,11 +342,6 @@ def test_server_saw_only_endpoints_it_implements(world):
     assert world["hub"].unhandled == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="MclSTExpModel.from_pretrained resolves the bank's revision separately from the "
-    "weights' (lead: resolve the revision once; see docs/hub.md). Remove this mark when fixed.",
-)
 def test_weights_and_bank_come_from_the_same_commit(world):
     assert world["moved"], "the race scenario did not move main during the download"
     values = _values(world["online"], "race")

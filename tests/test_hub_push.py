@@ -299,9 +299,7 @@ def test_cli_push_then_the_cards_code_examples_run_against_the_pushed_repo(hub, 
 def test_model_push_to_hub_publishes_processor_and_card_last(hub, push_client):
     entry = push_client[0]["model_push_to_hub"]
     assert entry["ok"], entry.get("traceback")
-    if entry["values"] == "override absent":
-        pytest.skip("MclSTExpModel.push_to_hub(image_processor=, model_card=) is not merged yet "
-                    "(lead: see docs/hub.md); mclstexp push / push_model cover the behaviour.")
+    assert entry["values"] != "override absent", "MclSTExpModel.push_to_hub override missing"
     commits = hub.commits("org/model-push")
     files = hub.files("org/model-push")
     assert {"model.safetensors", "spot_bank.safetensors", "preprocessor_config.json",

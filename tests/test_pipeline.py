@@ -112,6 +112,7 @@ def test_path_input_and_batches_match_single_calls(pipe, b4_patches, tmp_path):
     assert pipe([]) == []
 
 
+@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")
 def test_whole_slide_returns_scanpy_ready_anndata(pipe, b4_patches, b4_image, her2st_panel):
     spots, patches = b4_patches
     adata = pipe({"image": str(b4_image), "spots": spots}, batch_size=3)
@@ -129,6 +130,25 @@ def test_whole_slide_returns_scanpy_ready_anndata(pipe, b4_patches, b4_image, he
     # an (n, 2) array of centres works too, with generated spot ids
     arr = pipe({"image": Image.open(b4_image), "spots": spots[["pixel_x", "pixel_y"]].to_numpy()})
     assert arr.obs_names[0] == "spot_0" and np.allclose(arr.X, adata.X, atol=1e-5)
+
+
+def test_slide_streams_in_batches(pipe, b4_patches, monkeypatch):
+    """At most `batch_size` patches are read and processed at a time, whatever the slide size."""
+    spots, patches = b4_patches
+    slide = Image.fromarray(np.concatenate(patches[:4], axis=1))
+    centres = [[112 + 224 * i, 112] for i in range(4)] * 5  # 20 spots
+    seen = []
+    processor = pipe.image_processor
+    original = type(processor).__call__
+
+    def counting(self, images, *args, **kwargs):
+        seen.append(len(images) if isinstance(images, list) else 1)
+        return original(self, images, *args, **kwargs)
+
+    monkeypatch.setattr(type(processor), "__call__", counting)
+    adata = pipe({"image": slide, "spots": centres}, batch_size=3)
+    assert adata.n_obs == 20 and max(seen) == 3 and sum(seen) == 20
+    assert np.allclose(adata.X[:4], adata.X[4:8])  # same patch, same prediction
 
 
 def test_inference_patches_equal_training_patches(her2st_dir, b4_image):

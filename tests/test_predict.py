@@ -92,7 +92,7 @@ def test_cli_end_to_end_on_her2st_b4(checkpoint, her2st_dir, her2st_panel, b4_im
     # units and provenance
     info = adata.uns["mclstexp"]
     assert info["units"] == UNITS and info["expression_transform"] == "log10_cp10k_panel"
-    assert info["model"] == str(checkpoint) and "model_revision" in info
+    assert info["model"] == str(checkpoint) and info["model_revision"] == "local directory"
     assert info["spot_bank_n_spots"] == 187 and list(info["spot_bank_sections"]) == ["C2"]
     assert info["retrieval_k"] == 10 and info["retrieval_weighting"] == "inverse_square"
     assert info["retrieval_distance"] == "l1" and info["package_version"]
@@ -263,3 +263,39 @@ def test_bad_inputs_give_clear_errors(checkpoint, c2, small_slide, tmp_path, cap
               str(spots_csv), "--out", str(tmp_path / "x.h5ad")])
     assert not (tmp_path / "x.h5ad").exists()
     assert not [p for p in os.listdir(tmp_path) if p.endswith(".partial.h5ad")]
+
+
+def test_st_spot_detector_tables_are_read_as_they_are(her2st_dir):
+    from mclstexp_hub.prediction.spots import read_spots_csv
+
+    table = read_spots_csv(Path(her2st_dir) / "ST-spotfiles" / "B4_selection.tsv")
+    assert len(table) == 284 and table["spot_id"].is_unique
+    assert {"pixel_x", "pixel_y", "array_x", "array_y"} <= set(table.columns)
+    counts = pd.read_csv(Path(her2st_dir) / "ST-cnts" / "B4.tsv.gz", sep="\t", index_col=0,
+                         usecols=[0, 1])
+    assert table["spot_id"].isin(counts.index).sum() == 283  # as the HER2+ reader joins them
+
+
+@pytest.mark.slow
+def test_predict_from_a_hub_repo_records_the_commit(checkpoint, small_slide, tmp_path):
+    """`--model org/name --revision main` through a local stand-in of the Hub (no network)."""
+    import subprocess
+    import sys
+
+    from hub_server import LocalHub, client_env
+
+    image, spots_csv, spots = small_slide
+    out = tmp_path / "hub_pred.h5ad"
+    with LocalHub() as hub:
+        sha = hub.add_commit("org/her2st-test", checkpoint)
+        argv = ["predict", "--model", "org/her2st-test", "--revision", "main", "--image",
+                str(image), "--spots", str(spots_csv), "--out", str(out), "--quiet"]
+        proc = subprocess.run(
+            [sys.executable, "-c", f"from mclstexp_hub.cli import main; raise SystemExit(main({argv!r}))"],
+            capture_output=True, text=True, timeout=300, check=False,
+            env=client_env(hub.url, tmp_path / "hf_home"),
+        )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    info = ad.read_h5ad(out).uns["mclstexp"]
+    assert info["model"] == "org/her2st-test"
+    assert info["model_revision"] == f"main (commit {sha})"

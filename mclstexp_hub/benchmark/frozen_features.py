@@ -147,13 +147,18 @@ class FrozenFeatureStore:
         view_rows = np.flatnonzero(np.isin(self.spot_sections, sorted(view_sections)))
         views = None
         if self.n_views > 0:
-            views = compute_image_features(
-                model, self.patches[torch.from_numpy(view_rows)], self.n_views, augment=True,
-                cache_path=os.path.join(
-                self.cache_dir, f"views{self.n_views}-{tag}-{'-'.join(sorted(view_sections))}"
-                ".safetensors"),
-                **common,
-            )
+            # One call (and one cache file) per view, each with its own augmentation seed: an
+            # interrupted run on a busy machine resumes from the views already computed.
+            view_patches = self.patches[torch.from_numpy(view_rows)]
+            rows_tag = "-".join(sorted(view_sections))
+            views = torch.cat([
+                compute_image_features(
+                    model, view_patches, 1, augment=True,
+                    cache_path=os.path.join(self.cache_dir, f"view{v}-{tag}-{rows_tag}.safetensors"),
+                    **{**common, "seed": self.seed * 1000 + 1 + v},
+                )
+                for v in range(self.n_views)
+            ])
         encoder_path = os.path.join(self.cache_dir, f"encoder-{tag}.safetensors")
         _save_encoder(model, encoder_path)
         return FoldFeatures(

@@ -335,16 +335,25 @@ def run_benchmark(opts: BenchmarkOptions) -> dict[str, Any]:
             frozen = prof.freeze_image_encoder
             cached = (feats.training_views(train_rows, prof.include_clean_view)
                       if frozen and n_views > 0 else None)
+            # The store already calibrated the encoder and computed the features; the model
+            # gets that very encoder state, so train_model must not re-estimate BatchNorm.
+            run_prof = prof.replace(recalibrate_batchnorm=False) if frozen else prof
             result = train_model(
                 dataset.select(train_rows.tolist()), gene_names,
                 None if ckpt is None else str(ckpt),
-                config_overrides=overrides, profile=prof, dataset_preset=opts.dataset,
+                config_overrides=overrides, profile=run_prof, dataset_preset=opts.dataset,
                 cached_features=cached, seed=opts.seed,
                 pretrained_encoder=feats.encoder_path if frozen else opts.pretrained_encoder,
                 dataset_metadata=meta, progress=progress,
             )
             model = result.model.eval()
-            if frozen and encoder_fingerprint(model) == feats.fingerprint:
+            if frozen:
+                if encoder_fingerprint(model) != feats.fingerprint:
+                    raise RuntimeError(
+                        f"fold {fold.fold}, {method}: the trained model's frozen encoder is not "
+                        "the one that produced the cached features; its predictions would not "
+                        "match its training. Report this as a bug."
+                    )
                 query_feats = feats.clean[test_rows]  # the very encoder that made the cache
             else:
                 query_feats = compute_image_features(

@@ -26,6 +26,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from .errors import DataError, preview
+from .safe_npy import load_npy_safely
 
 logger = logging.getLogger(__name__)
 
@@ -44,7 +45,7 @@ def read_gene_panel(path: str | Path) -> list[str]:
     if not path.is_file():
         raise FileNotFoundError(f"gene panel file not found: {path} (one gene symbol per line)")
     if path.suffix == ".npy":
-        genes = [str(g) for g in np.load(path, allow_pickle=True).ravel()]
+        genes = [str(g) for g in load_npy_safely(path).ravel()]  # never runs pickles
     else:
         lines = path.read_text(encoding="utf-8").splitlines()
         genes = [ln.strip() for ln in lines if ln.strip() and not ln.lstrip().startswith("#")]

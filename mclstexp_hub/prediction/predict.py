@@ -80,7 +80,16 @@ def load_pipeline(
         if not (path / "config.json").is_file():
             raise FileNotFoundError(f"{path}/config.json not found: {path} is not a saved checkpoint.")
         model = str(path)
-    return pipeline(
+        source = {"model": model, "model_revision": "local directory"}
+    else:
+        # Resolve the revision once: every file comes from that commit, and it is recorded.
+        from transformers.utils.hub import resolve_revision
+
+        revision = resolve_revision(model, revision)
+        commit = getattr(revision, "resolved", None)
+        source = {"model": model, "model_revision": str(revision or "main")
+                  + (f" (commit {commit})" if commit and commit != str(revision) else "")}
+    pipe = pipeline(
         TASK,
         model=model,
         revision=revision,
@@ -88,6 +97,8 @@ def load_pipeline(
         pipeline_class=MclSTExpPipeline,
         batch_size=batch_size,
     )
+    pipe.mclstexp_source = source  # provenance for predict_to_h5ad
+    return pipe
 
 
 @dataclass
@@ -199,8 +210,8 @@ def predict_to_h5ad(
         adata = pipe.predict_slide(
             slide, table, batch_size=batch_size, k=k, library_id=library_id or Path(image).stem,
             spot_diameter=diameter, progress=progress,
-            provenance={"model": str(model), "model_revision": revision
-                        or str(getattr(config, "_commit_hash", "") or ""),
+            provenance={**getattr(pipe, "mclstexp_source", {"model": str(model),
+                                                               "model_revision": str(revision)}),
                         "spots_source": source, "image": str(image)},
         )
     finally:

@@ -17,7 +17,9 @@ import pandas as pd
 def read_spots_csv(path: str | Path) -> pd.DataFrame:
     """A spot table with `pixel_x`, `pixel_y` (full-resolution centres), optional `spot_id`.
 
-    Comma- or tab-separated (sniffed). Other columns (e.g. `label`, `array_x`) are kept.
+    Comma- or tab-separated (sniffed). Other columns (e.g. `label`, `array_x`) are kept. An ST
+    Spot Detector selection table (`x y new_x new_y pixel_x pixel_y selected`, as HER2+'s
+    `ST-spotfiles/`) works as it is: selected spots only, ids "{x}x{y}" as in the count tables.
     """
     path = Path(path)
     if not path.is_file():
@@ -41,11 +43,19 @@ def read_spots_csv(path: str | Path) -> pd.DataFrame:
             rows = list(np.flatnonzero(values.isna().to_numpy())[:5] + 2)
             raise ValueError(f"{path}: column {column} has missing/non-numeric values (lines {rows}).")
         table[column] = values.astype(np.float64)
+    if "spot_id" not in table.columns and {"x", "y", "selected"} <= set(table.columns):
+        # An ST Spot Detector selection table (HER2+/cSCC `ST-spotfiles/*_selection.tsv`): keep
+        # the spots under tissue and name them "{x}x{y}" like the count tables' rows.
+        table = table[pd.to_numeric(table["selected"], errors="coerce").fillna(0) > 0].copy()
+        table["spot_id"] = (np.rint(table["x"].astype(float)).astype(int).astype(str) + "x"
+                            + np.rint(table["y"].astype(float)).astype(int).astype(str))
+        table["array_x"] = np.rint(table["x"].astype(float)).astype(int)
+        table["array_y"] = np.rint(table["y"].astype(float)).astype(int)
     if len(table) == 0:
         raise ValueError(f"{path}: the spots table has no rows.")
     if "spot_id" in table.columns:
         table["spot_id"] = table["spot_id"].astype(str)
-    return table
+    return table.reset_index(drop=True)
 
 
 def read_visium_spots(outs_dir: str | Path) -> tuple[pd.DataFrame, dict[str, Any]]:

@@ -500,8 +500,9 @@ def train_model(
         data_collator=collator,
         callbacks=[history_cb, *(callbacks or [])],
     )
-    from transformers.trainer_callback import ProgressCallback
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
+    trainer.pop_callback(PrinterCallback)  # logs go to `history`, not one printed line per step
     if progress and trainer.pop_callback(ProgressCallback) is not None:
         trainer.add_callback(progress_cls())
     resume_from = None
