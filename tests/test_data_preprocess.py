@@ -86,3 +86,33 @@ def test_recipe_shared_genes_hvg_and_min_spots():
     (p, *_) = preprocess_sections(adatas, None, n_top=6, min_spots=100)
     assert list(p.var_names) == selected
     assert p.uns["mclstexp_preprocessing"]["gene_panel_source"].startswith("recipe")
+
+
+class _TouchOnUnpickle:
+    """Pickles to a call that would create a file if it were ever executed."""
+
+    def __init__(self, target):
+        self.target = target
+
+    def __reduce__(self):
+        from pathlib import Path
+
+        return (Path.touch, (self.target,))
+
+
+def test_npy_gene_panel_object_array_reads_but_never_runs_pickles(tmp_path):
+    import numpy as np
+    import pytest
+
+    from mclstexp_hub.data.preprocess import read_gene_panel
+
+    good = tmp_path / "panel.npy"
+    np.save(good, np.array(["TNC", "ERBB2", "GAPDH"], dtype=object), allow_pickle=True)
+    assert read_gene_panel(good) == ["TNC", "ERBB2", "GAPDH"]
+
+    marker = tmp_path / "executed"
+    evil = tmp_path / "evil.npy"
+    np.save(evil, np.array([_TouchOnUnpickle(marker), "GAPDH"], dtype=object), allow_pickle=True)
+    with pytest.raises(ValueError, match="evil.npy.*not allowed"):
+        read_gene_panel(evil)
+    assert not marker.exists()
