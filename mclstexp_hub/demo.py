@@ -28,6 +28,7 @@ DEMO_FEATURE_VIEWS = 2
 DEMO_EPOCHS = 60  # the synthetic signal is learnt well before the cpu profile's 150 epochs
 DEMO_PLOT_GENES = ("SYN_TUMOUR_01", "SYN_IMMUNE_01", "SYN_ADIPOSE_01", "SYN_HOUSEKEEPING_01")
 N_SHUFFLES = 20
+DEMO_MARKER = ".mclstexp_demo"
 
 REAL_DATA_COMMANDS = """\
 # The same flow on real HER2+ data (../shared/data/her2st, or data/ of a clone of
@@ -119,10 +120,17 @@ def run_demo(
     ensure_registered()  # checkpoints then carry the processor's auto_map and code
     out = Path(out_dir)
     if out.exists():
-        if not overwrite and any(out.iterdir()):
-            raise FileExistsError(f"{out} already exists and is not empty; pass --overwrite.")
+        # A folder an earlier demo wrote is replaced (so `make demo` can be re-run); anything
+        # else is only replaced with --overwrite.
+        ours = (out / DEMO_MARKER).is_file()
+        if not (overwrite or ours) and any(out.iterdir()):
+            raise FileExistsError(
+                f"{out} already exists, is not empty and was not written by `mclstexp demo`; "
+                "choose another --out or pass --overwrite."
+            )
         shutil.rmtree(out)
     out.mkdir(parents=True)
+    (out / DEMO_MARKER).write_text("written by `mclstexp demo`; safe to delete\n")
     torch.set_num_threads(max(1, torch.get_num_threads()))
     timings: dict[str, float] = {}
     started = time.perf_counter()

@@ -56,5 +56,10 @@ def test_small_demo_runs_end_to_end_and_beats_the_shuffled_control(tmp_path, cap
     for name in ("gene_maps/SYN_TUMOUR_01.png", "gene_maps_tiles/SYN_TUMOUR_01.png",
                  "domains/pred_domains.png", "pred_tiles.h5ad"):
         assert (out / name).is_file(), name
+    assert (out / ".mclstexp_demo").is_file()  # a re-run may replace it (make demo twice)
+    foreign = tmp_path / "not_a_demo"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("keep me")
     with pytest.raises(FileExistsError, match="--overwrite"):
-        run_demo(out, progress=False)
+        run_demo(foreign, progress=False)
+    assert (foreign / "notes.txt").read_text() == "keep me"

@@ -134,7 +134,7 @@ def test_whole_slide_returns_scanpy_ready_anndata(pipe, b4_patches, b4_image, he
 
 def test_slide_streams_in_batches(pipe, b4_patches, monkeypatch):
     """At most `batch_size` patches are read and processed at a time, whatever the slide size."""
-    spots, patches = b4_patches
+    _, patches = b4_patches
     slide = Image.fromarray(np.concatenate(patches[:4], axis=1))
     centres = [[112 + 224 * i, 112] for i in range(4)] * 5  # 20 spots
     seen = []

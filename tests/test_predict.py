@@ -284,7 +284,7 @@ def test_predict_from_a_hub_repo_records_the_commit(checkpoint, small_slide, tmp
 
     from hub_server import LocalHub, client_env
 
-    image, spots_csv, spots = small_slide
+    image, spots_csv, _ = small_slide
     out = tmp_path / "hub_pred.h5ad"
     with LocalHub() as hub:
         sha = hub.add_commit("org/her2st-test", checkpoint)
