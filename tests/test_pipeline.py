@@ -165,6 +165,22 @@ def test_inference_patches_equal_training_patches(her2st_dir, b4_image):
     assert edge[0, 0].tolist() == [255, 255, 255]
 
 
+def test_tiled_tiff_is_read_region_by_region(tmp_path):
+    """Pyramidal/tiled TIFFs go through tiffslide and give the same pixels as a flat image."""
+    tifffile = pytest.importorskip("tifffile")
+    pytest.importorskip("tiffslide")
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 256, size=(700, 900, 3), dtype=np.uint8)
+    path = tmp_path / "slide.tif"
+    tifffile.imwrite(path, pixels, tile=(256, 256), photometric="rgb")
+    tiled, flat = PatchReader(str(path)), PatchReader(pixels)
+    assert tiled._slide is not None and (tiled.width, tiled.height) == (900, 700)
+    for cx, cy in [(100.0, 100.0), (450.5, 350.2), (899.0, 699.0), (3.0, 690.0)]:
+        assert np.array_equal(tiled.read_patch(cx, cy, 224), flat.read_patch(cx, cy, 224))
+    thumb, scale = tiled.thumbnail(300)
+    assert thumb.shape[1] == 300 and abs(scale - 300 / 900) < 1e-9
+
+
 def test_model_without_spot_bank_is_refused(tmp_path, c2):
     build_checkpoint(tmp_path, c2, with_bank=False)
     with pytest.raises(ValueError, match="no spot bank"):
