@@ -3,9 +3,10 @@
     .venv/bin/python benchmarks/bench_speed.py [--steps 2] [--only train_fp32,...] [--compile]
 
 Each configuration runs in its own subprocess, so its peak RSS (`resource.getrusage`) is its
-own. Training figures time real `transformers.Trainer` steps of `train_model` (collator,
-augmentation, forward, backward, AdamW) at batch 128, 224 px, on HER2+ patches of C2/C3/C4,
-after one warm-up step. Prediction times a whole section (B4) end to end: decode the slide
+own. Training figures time real `transformers.Trainer` steps of `train_model` (forward,
+backward, AdamW; the Trainer fetches the batch — collation + per-patch augmentation, about
+7.5 ms a patch — before a step begins, so that part is not in the figure) at batch 128,
+224 px, on HER2+ patches of C2/C3/C4, after one warm-up step. Prediction times a whole section (B4) end to end: decode the slide
 once, cut patches, image tower, retrieval from a bank of the training spots.
 
 The authors' figures on this machine are quoted, not measured here: training 3.2–3.4 spots/s
@@ -118,8 +119,9 @@ def _child_frozen(dataset_dir: str, epochs: int) -> dict:
     total = time.perf_counter() - t0
     train_s = result.timings["train_seconds"]
     n = result.train_spots
-    # BatchNorm re-estimation (one pass) + clean view + augmented views
-    passes = 1 + profile.n_feature_views + int(profile.include_clean_view)
+    # encoder passes over the training patches: clean view, augmented views, BatchNorm pass
+    passes = (profile.n_feature_views + int(profile.include_clean_view)
+              + int(profile.recalibrate_batchnorm))
     return {
         "train_spots": n, "epochs": epochs, "total_s": total, "train_s": train_s,
         "train_spots_s": n * epochs / train_s,

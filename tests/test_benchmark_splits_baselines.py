@@ -143,3 +143,24 @@ def test_frozen_feature_store_policies(tmp_path):
     fresh = MclSTExpModel(config).eval()
     load_pretrained_encoder(fresh, fb.encoder_path)
     assert encoder_fingerprint(fresh) == fb.fingerprint
+
+
+def test_ridge_alpha_by_inner_cv_uses_training_groups_only():
+    from mclstexp_hub.benchmark.baselines import RIDGE_ALPHA_GRID, select_ridge_alpha
+
+    rng = np.random.default_rng(2)
+    # few spots, many noisy features: a weak penalty overfits, CV must prefer a strong one
+    train = rng.normal(size=(90, 120))
+    signal = train[:, :3] @ rng.normal(size=(3, 4))
+    expr = signal + rng.normal(scale=2.0, size=(90, 4))
+    groups = np.repeat(["S1", "S2", "S3"], 30)
+    best, scores = select_ridge_alpha(train, expr, groups, n_components=60)
+    assert set(scores) == set(RIDGE_ALPHA_GRID) and best == max(scores, key=scores.get)
+    assert best >= 10.0
+    _, info = ridge_probe_predict(train, expr, train[:5], n_components=60, alpha="cv",
+                                  groups=groups)
+    assert info["ridge_alpha"] == best and info["alpha_rule"].startswith("leave-one")
+    with pytest.raises(ValueError, match="needs the training spots' groups"):
+        ridge_probe_predict(train, expr, train[:5], alpha="cv")
+    with pytest.raises(ValueError, match="positive number"):
+        ridge_probe_predict(train, expr, train[:5], alpha="big")

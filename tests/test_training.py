@@ -10,7 +10,11 @@ from transformers import TrainerCallback, set_seed
 
 from mclstexp_hub import MclSTExpModel
 from mclstexp_hub.pixels_mclstexp import scale_pixel_values
-from mclstexp_hub.training.features import compute_image_features, recalibrate_batchnorm
+from mclstexp_hub.training.features import (
+    compute_image_features,
+    encoder_fingerprint,
+    recalibrate_batchnorm,
+)
 from mclstexp_hub.training.profiles import DATASET_PRESETS, TrainProfile, get_profile
 from mclstexp_hub.training.torch_dataset import SpotCollator, SpotPatchDataset
 from mclstexp_hub.training.trainer import (
@@ -104,6 +108,29 @@ def test_cached_feature_training_reduces_loss_on_real_patches():
     )
     assert prediction.expression.shape == (4, len(meta["gene_names"]))
     assert torch.isfinite(prediction.expression).all()
+
+
+def test_features_computed_once_for_all_spots_serve_a_fold():
+    dataset, _, meta = tiny_her2st_dataset(24)
+    spots = SpotPatchDataset(dataset)
+    set_seed(0)
+    config = build_training_config(meta["gene_names"], config_overrides=SMALL,
+                                   positions=spots.positions, patch_size=224)
+    encoder_model = MclSTExpModel(config)
+    features = torch.cat([
+        compute_image_features(encoder_model, spots, progress=False),
+        compute_image_features(encoder_model, spots, 2, augment=True, progress=False),
+    ])  # (3, 24, D): clean view first
+    fold = dataset.select(range(16))
+    result = train_model(
+        fold, meta["gene_names"], None, config_overrides=SMALL,
+        profile=get_profile("cpu").replace(epochs=20, batch_size=8, learning_rate=1e-3),
+        cached_features=features[:, :16], dataset_metadata=meta, progress=False,
+    )
+    losses = [h["loss"] for h in result.history if "loss" in h]
+    assert np.mean(losses[-2:]) < np.mean(losses[:2])
+    assert encoder_fingerprint(result.model) == encoder_fingerprint(encoder_model)
+    assert len(result.model.spot_bank) == 16
 
 
 @pytest.mark.slow

@@ -68,24 +68,80 @@ def hest_ridge_alpha(n_features: int, n_targets: int) -> float:
     return 100.0 / (n_features * n_targets)
 
 
+RIDGE_ALPHA_GRID = (1e-1, 1e0, 1e1, 1e2, 1e3, 1e4, 1e5)
+
+
+def _probe_pipeline(X: np.ndarray, n_components: int, seed: int):
+    from sklearn.decomposition import PCA
+    from sklearn.preprocessing import StandardScaler
+
+    n_used = int(min(n_components, X.shape[0], X.shape[1]))
+    scaler = StandardScaler().fit(X)
+    pca = PCA(n_components=n_used, random_state=seed).fit(scaler.transform(X))
+    return scaler, pca, n_used
+
+
+def _mean_gene_r(pred: np.ndarray, obs: np.ndarray) -> float:
+    from mclstexp_hub.evaluation.metrics import pearson_per_gene
+
+    r, _ = pearson_per_gene(pred, obs)
+    return float(np.nanmean(r)) if np.isfinite(r).any() else float("-inf")
+
+
+def select_ridge_alpha(
+    train_features: Any,
+    train_expression: Any,
+    groups: Any,
+    alphas: tuple[float, ...] = RIDGE_ALPHA_GRID,
+    n_components: int = HEST_PCA_COMPONENTS,
+    seed: int = 0,
+) -> tuple[float, dict[str, float]]:
+    """Ridge penalty chosen by leave-one-group-out CV *within the training spots* (groups =
+    their sections; 3 random folds when there is only one), scored by the mean per-gene
+    Pearson r — the benchmark's PCC(ACG). Returns (best alpha, {alpha: score})."""
+    from sklearn.linear_model import Ridge
+
+    X = _as_float_tensor(train_features, "train_features").numpy().astype(np.float64)
+    Y = _as_float_tensor(train_expression, "train_expression").numpy().astype(np.float64)
+    groups = np.asarray(groups)
+    if groups.shape[0] != X.shape[0]:
+        raise ValueError(f"{groups.shape[0]} group labels for {X.shape[0]} training spots.")
+    if len(np.unique(groups)) < 2:
+        groups = np.random.default_rng(seed).integers(0, 3, size=X.shape[0])
+    scores = {}
+    for alpha in alphas:
+        fold_scores = []
+        for g in np.unique(groups):
+            inner, outer = groups != g, groups == g
+            scaler, pca, _ = _probe_pipeline(X[inner], n_components, seed)
+            ridge = Ridge(alpha=float(alpha), solver="lsqr", max_iter=1000, random_state=seed)
+            ridge.fit(pca.transform(scaler.transform(X[inner])), Y[inner])
+            pred = ridge.predict(pca.transform(scaler.transform(X[outer])))
+            fold_scores.append(_mean_gene_r(pred, Y[outer]))
+        scores[float(alpha)] = float(np.mean(fold_scores))
+    best = max(scores, key=scores.get)
+    return best, scores
+
+
 def ridge_probe_predict(
     train_features: Any,
     train_expression: Any,
     query_features: Any,
     n_components: int = HEST_PCA_COMPONENTS,
-    alpha: float | None = None,
+    alpha: float | str | None = None,
     seed: int = 0,
+    groups: Any = None,
 ) -> tuple[np.ndarray, dict[str, Any]]:
     """HEST's linear probe: StandardScaler → PCA(256) → Ridge, fitted on training spots only.
 
+    alpha: None or "hest" = HEST-Benchmark's 100 / (components · genes); "cv" = chosen by
+    `select_ridge_alpha` on the training spots (`groups` = their sections); or a number.
     HEST fits the ridge without intercept; after standardisation and PCA the training
     features are centred, so an intercept changes no coefficient (hence no Pearson r) — it only
     adds each gene's training mean, which MSE/MAE need to be meaningful. We fit it.
     Returns (predictions (Q, G) float32, details: components used, alpha, explained variance).
     """
-    from sklearn.decomposition import PCA
     from sklearn.linear_model import Ridge
-    from sklearn.preprocessing import StandardScaler
 
     X = _as_float_tensor(train_features, "train_features").numpy().astype(np.float64)
     Y = _as_float_tensor(train_expression, "train_expression").numpy().astype(np.float64)
@@ -95,29 +151,41 @@ def ridge_probe_predict(
     if Q.shape[1] != X.shape[1]:
         raise ValueError(f"query features have {Q.shape[1]} dims, training {X.shape[1]}.")
     # PCA cannot have more components than training spots or feature dims.
-    n_used = int(min(n_components, X.shape[0], X.shape[1]))
-    scaler = StandardScaler().fit(X)
-    pca = PCA(n_components=n_used, random_state=seed).fit(scaler.transform(X))
+    scaler, pca, n_used = _probe_pipeline(X, n_components, seed)
     Z_train = pca.transform(scaler.transform(X))
     Z_query = pca.transform(scaler.transform(Q))
-    alpha = float(alpha if alpha is not None else hest_ridge_alpha(n_used, Y.shape[1]))
-    ridge = Ridge(alpha=alpha, fit_intercept=True, solver="lsqr", max_iter=1000,
+    details: dict[str, Any] = {}
+    if alpha is None or alpha == "hest":
+        alpha_value, details["alpha_rule"] = hest_ridge_alpha(n_used, Y.shape[1]), "hest"
+    elif alpha == "cv":
+        if groups is None:
+            raise ValueError("alpha='cv' needs the training spots' groups (their sections).")
+        alpha_value, details["alpha_cv_scores"] = select_ridge_alpha(
+            X, Y, groups, n_components=n_components, seed=seed)
+        details["alpha_rule"] = "leave-one-training-section-out CV, mean per-gene r"
+    elif isinstance(alpha, int | float) and not isinstance(alpha, bool) and alpha > 0:
+        alpha_value, details["alpha_rule"] = float(alpha), "given"
+    else:
+        raise ValueError(f"ridge alpha must be 'hest', 'cv' or a positive number; got {alpha!r}.")
+    ridge = Ridge(alpha=alpha_value, fit_intercept=True, solver="lsqr", max_iter=1000,
                   random_state=seed).fit(Z_train, Y)
-    details = {
+    details.update({
         "pca_components": n_used,
         "pca_components_requested": int(n_components),
         "pca_explained_variance": float(pca.explained_variance_ratio_.sum()),
-        "ridge_alpha": alpha,
+        "ridge_alpha": float(alpha_value),
         "fit_intercept": True,
         "standardise": True,
-    }
+    })
     return ridge.predict(Z_query).astype(np.float32), details
 
 
 __all__ = [
     "BLEEP_ABLATION_OVERRIDES",
     "HEST_PCA_COMPONENTS",
+    "RIDGE_ALPHA_GRID",
     "hest_ridge_alpha",
     "ridge_probe_predict",
+    "select_ridge_alpha",
     "topk_mean_predict",
 ]

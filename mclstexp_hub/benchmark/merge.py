@@ -47,8 +47,12 @@ def merge_folds(results_dir: str | Path, note: str | None = None) -> dict[str, A
             "set of folds first; merging reuses its settings block."
         )
     summary = json.loads(base_path.read_text())
-    methods = list(summary["methods"])
     fold_dirs = sorted((out / "folds").glob("fold*"), key=lambda p: int(p.name[4:]))
+    # Methods are those scored on disk (a later `--methods X` run may have refreshed one),
+    # in the runner's order.
+    on_disk = {f.name[: -len("_metrics.json")] for d in fold_dirs for f in d.glob("*_metrics.json")}
+    order = ["mclstexp", "bleep_ablation", "topk_mean_frozen", "hest_ridge_probe"]
+    methods = [m for m in order if m in on_disk] + sorted(on_disk - set(order))
     per_fold: dict[str, list] = {m: [] for m in methods}
     sections: dict[str, list] = {m: [] for m in methods}
     r_values: dict[str, list] = {m: [] for m in methods}
@@ -60,10 +64,20 @@ def merge_folds(results_dir: str | Path, note: str | None = None) -> dict[str, A
         folds_found.append(int(fold_dir.name[4:]))
         for method, path in files.items():
             metrics = json.loads(path.read_text())
+            entry = summary["methods"].setdefault(method, {})
+            entry.setdefault("label", metrics.get("label", method))
             per_fold[method].append(_fold_entry(metrics))
             sections[method].extend(metrics["per_section"])
             genes = pd.read_csv(fold_dir / f"{method}_per_gene.csv")
             r_values[method].append(genes["pearson_r"].to_numpy(dtype=float))
+    # Labels/descriptions of methods the latest run did not include come from earlier
+    # summaries kept beside it (summary_*.json).
+    for older in sorted(out.glob("summary_*.json")):
+        for method, info in json.loads(older.read_text()).get("methods", {}).items():
+            entry = summary["methods"].setdefault(method, {})
+            for key in ("label", "description"):
+                if key in info and key not in entry:
+                    entry[key] = info[key]
     if not folds_found:
         raise ValueError(f"{out}/folds holds no completed fold to merge.")
     for method in methods:

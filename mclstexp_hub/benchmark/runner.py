@@ -68,6 +68,7 @@ class BenchmarkOptions:
     pretrained_encoder: str | None = None
     retrieval_k: int | None = None
     baseline_k: int | None = None
+    ridge_alpha: str = "hest"
     bn_calibration: str | None = None
     folds: list[int] | None = None
     methods: list[str] = field(default_factory=lambda: list(METHODS))
@@ -264,6 +265,14 @@ def run_benchmark(opts: BenchmarkOptions) -> dict[str, Any]:
         from mclstexp_hub.training.trainer import load_pretrained_encoder
 
         load_pretrained_encoder(feature_model, opts.pretrained_encoder)
+    ridge_alpha: str | float = opts.ridge_alpha
+    if ridge_alpha not in ("hest", "cv"):
+        try:
+            ridge_alpha = float(ridge_alpha)
+        except ValueError:
+            raise ValueError(
+                f"--ridge-alpha must be 'hest', 'cv' or a number; got {opts.ridge_alpha!r}."
+            ) from None
     method_k = int(feature_config.retrieval_k)
     baseline_k = int(opts.baseline_k or method_k)
     n_views = prof.n_feature_views if prof.freeze_image_encoder else 0
@@ -293,9 +302,12 @@ def run_benchmark(opts: BenchmarkOptions) -> dict[str, Any]:
                           f"({BLEEP_ABLATION_OVERRIDES}); same retrieval",
         "topk_mean_frozen": f"cosine top-{baseline_k} training spots by frozen pooled encoder "
                             "features (no training), plain mean of their expression",
-        "hest_ridge_probe": "StandardScaler + PCA(256) + ridge (alpha = 100/(256·genes), "
-                            "intercept) on frozen pooled encoder features, fitted on training "
-                            "spots only (HEST-Benchmark's probe)",
+        "hest_ridge_probe": "StandardScaler + PCA(256) + ridge (alpha "
+                            + {"hest": "= 100/(256·genes) as HEST-Benchmark",
+                               "cv": "chosen by leave-one-training-section-out CV"}.get(
+                                   str(ridge_alpha), f"= {ridge_alpha}")
+                            + ", with intercept) on frozen pooled encoder features, fitted on "
+                            "training spots only (HEST-Benchmark's probe)",
     }
     per_fold: dict[str, list[dict]] = {m: [] for m in opts.methods}
     section_results: dict[str, list[SectionMetrics]] = {m: [] for m in opts.methods}
@@ -383,7 +395,8 @@ def run_benchmark(opts: BenchmarkOptions) -> dict[str, Any]:
         if "hest_ridge_probe" in opts.methods:
             t0 = time.perf_counter()
             pred, info = ridge_probe_predict(
-                train_feats, expression[train_rows], feats.clean[test_rows], seed=opts.seed)
+                train_feats, expression[train_rows], feats.clean[test_rows], seed=opts.seed,
+                alpha=ridge_alpha, groups=spot_sections[train_rows])
             predictions["hest_ridge_probe"] = pred
             details["hest_ridge_probe"] = info
             timings[f"fold{fold.fold}_hest_ridge_probe"] = time.perf_counter() - t0
@@ -445,6 +458,7 @@ def run_benchmark(opts: BenchmarkOptions) -> dict[str, Any]:
             "pretrained_encoder": opts.pretrained_encoder,
             "retrieval_k": method_k,
             "baseline_k": baseline_k,
+            "ridge_alpha": ridge_alpha,
             "retrieval_distance": feature_config.retrieval_distance,
             "retrieval_weighting": feature_config.retrieval_weighting,
             "seed": opts.seed,

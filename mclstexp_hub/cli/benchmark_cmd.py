@@ -49,6 +49,7 @@ def _run(args: argparse.Namespace) -> int:
         pretrained_encoder=args.pretrained_encoder,
         retrieval_k=args.retrieval_k,
         baseline_k=args.baseline_k,
+        ridge_alpha=args.ridge_alpha,
         bn_calibration=args.bn_calibration,
         folds=args.folds,
         methods=args.methods,
@@ -109,6 +110,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="k of mclSTExp's retrieval (default: the dataset preset's, 200)")
     p.add_argument("--baseline-k", type=int, default=None,
                    help="k of the top-k mean baseline (default: the method's k)")
+    p.add_argument("--ridge-alpha", default="hest",
+                   help="HEST probe penalty: 'hest' (100/(256*genes), HEST-Benchmark's), 'cv' "
+                        "(chosen by CV over the training sections) or a number")
     p.add_argument("--bn-calibration", choices=list(BN_CALIBRATIONS), default=None,
                    help="where a frozen random encoder's BatchNorm statistics come from: all "
                         "sections (default for cpu), each fold's training sections, or none")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -55,6 +56,8 @@ def _train(args: argparse.Namespace) -> int:
         dataset_metadata=meta,
         keep_checkpoints=args.keep_checkpoints,
     )
+    if int(os.environ.get("RANK", "0")) != 0:
+        return 0  # under torchrun / accelerate launch, rank 0 reports
     losses = [h["loss"] for h in result.history if "loss" in h]
     summary = f"final loss {losses[-1]:.4f}, " if losses else ""
     print(

@@ -298,11 +298,6 @@ def resolve_profile(
     return base.replace(**changes)
 
 
-def _profile_recalibrates(profile: str | TrainProfile, dataset_preset: str) -> bool:
-    base = get_profile(profile, dataset_preset) if isinstance(profile, str) else profile
-    return bool(base.recalibrate_batchnorm)
-
-
 def _world() -> tuple[int, int]:
     return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
 
@@ -338,8 +333,10 @@ def train_model(
         sections) or a `SpotPatchDataset`.
     cached_features: (n_views, N, image_feature_dim) pooled features of exactly these spots (in
         dataset order, view 0 clean), from `compute_image_features` run on the encoder this call
-        builds (same config and seed; with the cpu profile after `recalibrate_batchnorm` on these
-        training patches). Requires a frozen encoder.
+        builds: same config, seed and `pretrained_encoder` (and, only if the profile sets
+        `recalibrate_batchnorm`, after `recalibrate_batchnorm` on these training patches, which
+        this call repeats). Frozen features do not depend on the fold, so they can be computed
+        once for all spots and sliced per fold. Requires a frozen encoder.
     max_steps / save_steps: stop after / save every this many optimiser steps (tests, resuming).
     Returns the trained model with its bank attached.
     """
@@ -378,7 +375,7 @@ def train_model(
         else SpotPatchDataset(
             train_dataset,
             # with given features, pixels are needed only to re-estimate BatchNorm statistics
-            decode_images=cached_features is None or _profile_recalibrates(profile, dataset_preset),
+            decode_images=cached_features is None or prof.recalibrate_batchnorm,
             progress=progress and is_main,
         )
     )
@@ -551,6 +548,8 @@ def train_model(
         save_checkpoint(model, out_dir, info)
         if not keep_checkpoints and ckpt_dir and os.path.isdir(ckpt_dir):
             shutil.rmtree(ckpt_dir, ignore_errors=True)
+    if world_size > 1:
+        trainer.accelerator.wait_for_everyone()  # every rank returns after the checkpoint exists
     return TrainResult(
         model=model,
         checkpoint_dir=out_dir,
