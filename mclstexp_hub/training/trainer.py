@@ -255,6 +255,7 @@ def save_checkpoint(model: MclSTExpModel, out_dir: str, training_info: dict[str,
     `from_pretrained` never sees a folder with a config but missing weights.
     """
     from ..image_processing_mclstexp import MclSTExpImageProcessor
+    from ..pipeline_mclstexp import save_pipeline_code
 
     os.makedirs(out_dir, exist_ok=True)
     stage = tempfile.mkdtemp(prefix=".staging-", dir=out_dir)
@@ -264,6 +265,7 @@ def save_checkpoint(model: MclSTExpModel, out_dir: str, training_info: dict[str,
         MclSTExpImageProcessor(
             patch_size=model.config.patch_size, pixel_scaling=model.config.pixel_scaling
         ).save_pretrained(stage)
+        save_pipeline_code(stage)  # the checkpoint also loads as a pipeline without this package
         with open(os.path.join(stage, TRAINING_INFO_FILE), "w", encoding="utf-8") as handle:
             json.dump(training_info, handle, indent=2, default=str)
         names = sorted(os.listdir(stage), key=lambda n: n == "config.json")
