@@ -15,6 +15,9 @@ GENE_LISTS_DIR = SHARED_DATA / "gene_lists"
 # Tests must never reach the network: the Hub is only ever a local test server.
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Subprocess tests (2-rank gloo, remote-code loads) share 2 cores: spinning OpenMP waits
+# under oversubscription cost whole scheduler slices (measured ≈ 40x slower steps).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 def _require(path: Path) -> Path:

@@ -21,20 +21,23 @@ CONTRACT_KEYS = {
 FOLD_METRICS = ("pcc_acg", "pcc_heg", "pcc_hvg", "mse", "mae")
 
 
-@pytest.fixture(scope="module")
-def results(tmp_path_factory, her2st_dir, gene_lists_dir):
-    """One tiny run through the CLI: 2 real sections, a very small encoder, 1 epoch."""
-    from mclstexp_hub.cli import main
-
-    out = tmp_path_factory.mktemp("bench") / "results"
-    argv = [
+def _argv(out, her2st_dir, gene_lists_dir) -> list[str]:
+    return [
         "benchmark", "her2st", "--data-dir", str(her2st_dir),
         "--genes", str(gene_lists_dir / "her2st_785.txt"), "--sections", "C3", "C4",
         "--split", "section", "--profile", "cpu", "--out", str(out),
         "--image-encoder", "mobilenetv3_small_050", "--epochs", "1", "--n-feature-views", "1",
         "--retrieval-k", "20", "--baseline-k", "30", "--quiet",
     ]
-    assert main(argv) == 0
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory, her2st_dir, gene_lists_dir):
+    """One tiny run through the CLI: 2 real sections, a very small encoder, 1 epoch."""
+    from mclstexp_hub.cli import main
+
+    out = tmp_path_factory.mktemp("bench") / "results"
+    assert main(_argv(out, her2st_dir, gene_lists_dir)) == 0
     return out
 
 
@@ -120,3 +123,17 @@ def test_runner_refuses_bad_requests(results):
     with pytest.raises(ValueError, match="not in the dataset"):
         run_benchmark(BenchmarkOptions(out=str(results / "q"), sections=["B4", "C3"],
                                        dataset_dir=str(results / "dataset"), progress=False))
+
+
+def test_rerun_reuses_identical_fold_results(results, her2st_dir, gene_lists_dir, capsys):
+    """An identical re-run (e.g. after an interruption) reuses every finished fold result."""
+    from mclstexp_hub.cli import main
+
+    before = json.loads((results / "summary.json").read_text())
+    capsys.readouterr()
+    assert main(_argv(results, her2st_dir, gene_lists_dir) + ["--overwrite"]) == 0
+    assert capsys.readouterr().out.count("reusing the identical earlier result") == 2 * len(METHODS)
+    after = json.loads((results / "summary.json").read_text())
+    for key in METHODS:
+        assert after["methods"][key]["mean"] == before["methods"][key]["mean"]
+        assert after["methods"][key]["per_fold"] == before["methods"][key]["per_fold"]

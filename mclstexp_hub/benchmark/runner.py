@@ -16,6 +16,8 @@ by the cpu-profile training and both frozen-feature baselines.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import platform
 import shutil
@@ -178,6 +180,41 @@ def _section_rows(sections_of_spot: np.ndarray, sections: Sequence[str]) -> np.n
     return np.flatnonzero(np.isin(sections_of_spot, list(sections)))
 
 
+def _run_key(**settings: Any) -> str:
+    """Hash of everything a fold's result depends on; equal keys → the result can be reused."""
+    payload = json.dumps(settings, sort_keys=True, default=str)
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def _load_previous(fold_dir: Path, method: str, run_key: str) -> tuple[list, dict] | None:
+    """Section results of `method` written by an earlier, identical run (resume), else None."""
+    import pandas as pd
+
+    metrics_path = fold_dir / f"{method}_metrics.json"
+    genes_path = fold_dir / f"{method}_per_gene.csv"
+    if not metrics_path.is_file() or not genes_path.is_file():
+        return None
+    try:
+        payload = json.loads(metrics_path.read_text())
+        if payload.get("run_key") != run_key:
+            return None
+        table = pd.read_csv(genes_path)
+        results = []
+        for row in payload["per_section"]:
+            per_gene = table[table["section"].astype(str) == row["section"]].drop(
+                columns="section").reset_index(drop=True)
+            values = {k: (float("nan") if row[k] is None else row[k]) for k in
+                      ("pcc_acg", "pcc_heg", "pcc_hvg", "mse", "mae")}
+            results.append(SectionMetrics(
+                section=row["section"], n_spots=row["n_spots"], n_genes=row["n_genes"],
+                n_nan_genes=row["n_nan_genes"], nan_genes=row["nan_genes"],
+                heg_genes=row["heg_genes"], hvg_genes=row["hvg_genes"], n_top=row["n_top"],
+                per_gene=per_gene, **values))
+        return results, payload.get("details", {})
+    except (KeyError, ValueError, OSError):
+        return None
+
+
 def _fold_summary(fold: Fold, results: list[SectionMetrics], **extra: Any) -> dict[str, Any]:
     mean = average_metrics(results)
     return {"fold": fold.fold, "held_out": list(fold.held_out),
@@ -313,6 +350,13 @@ def run_benchmark(opts: BenchmarkOptions) -> dict[str, Any]:
     section_results: dict[str, list[SectionMetrics]] = {m: [] for m in opts.methods}
     timings: dict[str, float] = {}
 
+    dataset_id = {k: meta.get(k) for k in ("created", "gene_names", "transform", "n_spots")}
+    run_key = _run_key(
+        profile={k: getattr(prof, k) for k in prof.__dataclass_fields__},
+        overrides=base_overrides, bn_calibration=bn_calibration, baseline_k=baseline_k,
+        ridge_alpha=ridge_alpha, pretrained_encoder=opts.pretrained_encoder, seed=opts.seed,
+        dataset=dataset_id, sections=sections, split=opts.split, version=__version__,
+    )
     fold_iter = folds_run
     if progress:
         from tqdm.auto import tqdm
@@ -326,6 +370,18 @@ def run_benchmark(opts: BenchmarkOptions) -> dict[str, Any]:
         test_rows = np.concatenate(list(test_rows_by_section.values()))
         if len(train_rows) == 0 or any(len(r) == 0 for r in test_rows_by_section.values()):
             raise ValueError(f"fold {fold.fold}: a training or held-out section has no spots.")
+        previous = {m: _load_previous(fold_dir, m, run_key) for m in opts.methods}
+        todo = [m for m in opts.methods if previous[m] is None]
+        for m in opts.methods:
+            if previous[m] is not None:
+                print(f"fold {fold.fold} {m}: reusing the identical earlier result in {fold_dir}",
+                      flush=True)
+        if not todo:
+            for method in opts.methods:
+                results, info = previous[method]
+                section_results[method].extend(results)
+                per_fold[method].append(_fold_summary(fold, results, details=info))
+            continue
         t0 = time.perf_counter()
         feats = store.for_fold(fold.train)
         timings[f"fold{fold.fold}_features"] = time.perf_counter() - t0
@@ -334,7 +390,7 @@ def run_benchmark(opts: BenchmarkOptions) -> dict[str, Any]:
         details: dict[str, dict] = {m: {} for m in opts.methods}
 
         for method in ("mclstexp", "bleep_ablation"):
-            if method not in opts.methods:
+            if method not in todo:
                 continue
             t0 = time.perf_counter()
             overrides = dict(base_overrides)
@@ -385,14 +441,14 @@ def run_benchmark(opts: BenchmarkOptions) -> dict[str, Any]:
             timings[f"fold{fold.fold}_{method}"] = time.perf_counter() - t0
             del result, model
 
-        if "topk_mean_frozen" in opts.methods:
+        if "topk_mean_frozen" in todo:
             t0 = time.perf_counter()
             k = min(baseline_k, len(train_rows))
             predictions["topk_mean_frozen"] = topk_mean_predict(
                 train_feats, expression[train_rows], feats.clean[test_rows], k)
             details["topk_mean_frozen"] = {"k": k}
             timings[f"fold{fold.fold}_topk_mean_frozen"] = time.perf_counter() - t0
-        if "hest_ridge_probe" in opts.methods:
+        if "hest_ridge_probe" in todo:
             t0 = time.perf_counter()
             pred, info = ridge_probe_predict(
                 train_feats, expression[train_rows], feats.clean[test_rows], seed=opts.seed,
@@ -404,6 +460,11 @@ def run_benchmark(opts: BenchmarkOptions) -> dict[str, Any]:
         # ------------------------------------------------------------ evaluate
         offsets = np.cumsum([0] + [len(r) for r in test_rows_by_section.values()])
         for method in opts.methods:
+            if previous[method] is not None:
+                results, info = previous[method]
+                section_results[method].extend(results)
+                per_fold[method].append(_fold_summary(fold, results, details=info))
+                continue
             results, maps = [], {}
             for j, (section, rows) in enumerate(test_rows_by_section.items()):
                 pred = predictions[method][offsets[j] : offsets[j + 1]]
@@ -412,7 +473,7 @@ def run_benchmark(opts: BenchmarkOptions) -> dict[str, Any]:
             write_section_reports(
                 results, fold_dir, prefix=f"{method}_", maps=maps,
                 extra={"method": method, "label": labels[method], "fold": fold.to_dict(),
-                       "details": details[method]},
+                       "details": details[method], "run_key": run_key},
             )
             section_results[method].extend(results)
             per_fold[method].append(_fold_summary(fold, results, details=details[method]))
