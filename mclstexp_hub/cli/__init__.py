@@ -12,7 +12,7 @@ import os
 # ~40x slower (measured); passive waiting costs little on an idle machine.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-import argparse  # noqa: E402
+import argparse
 import importlib
 import sys
 
