@@ -119,7 +119,7 @@ def test_frozen_feature_store_policies(tmp_path):
     g = torch.Generator().manual_seed(0)
     patches = torch.randint(0, 256, (12, 3, 64, 64), dtype=torch.uint8, generator=g)
     sections = ["A"] * 4 + ["B"] * 4 + ["C"] * 4
-    kw = dict(n_views=2, seed=0, channels_last=False, batch_size=4, progress=False)
+    kw = {"n_views": 2, "seed": 0, "channels_last": False, "batch_size": 4, "progress": False}
 
     store = FrozenFeatureStore(model, patches, sections, bn_calibration="all",
                                cache_dir=tmp_path / "all", **kw)
