@@ -447,10 +447,16 @@ class MclSTExpModel(MclSTExpPreTrainedModel):
         weighting = weighting or self.config.retrieval_weighting
         bank = self.spot_bank
         _, indices = bank.search(queries, k, chunk_size=chunk_size)
-        from .spot_bank_mclstexp import retrieval_weights
+        from .spot_bank_mclstexp import QUERY_BLOCK, retrieval_weights
 
-        weights = retrieval_weights(queries, bank.embeddings[indices], distance, weighting)
-        expression = torch.einsum("qk,qkg->qg", weights, bank.expression[indices])
+        weight_blocks, expression_blocks = [], []
+        for start in range(0, queries.shape[0], QUERY_BLOCK):  # bounded (Q, k, D) memory
+            q = queries[start : start + QUERY_BLOCK]
+            idx = indices[start : start + QUERY_BLOCK]
+            w = retrieval_weights(q, bank.embeddings[idx], distance, weighting)
+            weight_blocks.append(w)
+            expression_blocks.append(torch.einsum("qk,qkg->qg", w, bank.expression[idx]))
+        weights, expression = torch.cat(weight_blocks), torch.cat(expression_blocks)
         return MclSTExpPrediction(
             expression=expression,
             neighbour_indices=indices,

@@ -28,6 +28,8 @@ WEIGHTINGS = ("inverse_square", "mean", "softmax")
 # A spot whose embedding equals the query exactly would get weight 1/0; distances are floored
 # at this value so such a spot dominates the average instead of producing inf/NaN.
 _MIN_DISTANCE = 1e-8
+# Queries handled at once when turning neighbours into weights (bounds peak memory).
+QUERY_BLOCK = 1024
 
 
 @dataclass
@@ -210,9 +212,14 @@ class SpotBank:
             )
         if indices is None:
             _, indices = self.search(queries, k, chunk_size=chunk_size)
-        neighbours = self.embeddings[indices]  # (Q, k, D)
-        weights = retrieval_weights(queries, neighbours, distance, weighting)  # (Q, k)
-        return torch.einsum("qk,qkg->qg", weights, self.expression[indices])
+        out = []
+        # Queries in blocks: the (Q, k, D) neighbour tensor would otherwise reach GBs.
+        for start in range(0, queries.shape[0], QUERY_BLOCK):
+            q = queries[start : start + QUERY_BLOCK]
+            idx = indices[start : start + QUERY_BLOCK]
+            weights = retrieval_weights(q, self.embeddings[idx], distance, weighting)
+            out.append(torch.einsum("qk,qkg->qg", weights, self.expression[idx]))
+        return torch.cat(out)
 
 
 def _check_k(k: int, n: int) -> None:
