@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -146,22 +145,10 @@ def run_in_subprocess(cfg: dict) -> list[dict]:
 
 
 def machine() -> str:
-    mem = "?"
-    try:
-        with open("/proc/meminfo") as f:
-            mem = f"{int(f.readline().split()[1]) / 1024**2:.1f} GiB RAM"
-    except OSError:
-        pass
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} cores, {mem}, torch {torch.__version__}"
+    """The benchmark runner's machine description, so every results file names it alike."""
+    from mclstexp_hub.benchmark.runner import machine_description
+
+    return machine_description()
 
 
 def main(argv: list[str] | None = None) -> int:
