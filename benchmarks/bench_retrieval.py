@@ -63,7 +63,7 @@ def synthetic(n: int, n_queries: int, dim: int, seed: int) -> tuple[torch.Tensor
 def worker(cfg: dict) -> list[dict]:
     """One bank size × method (run in a fresh process); one row per search setting."""
     torch.set_num_threads(cfg["threads"])
-    from mclstexp_hub.spot_bank_mclstexp import SpotBank, retrieval_weights
+    from mclstexp_hub.models.mclstexp.spot_bank_mclstexp import SpotBank, retrieval_weights
 
     bank_emb, queries = synthetic(cfg["n"], cfg["queries"], cfg["dim"], cfg["seed"])
     n_genes = cfg["genes"]

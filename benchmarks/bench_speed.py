@@ -140,8 +140,8 @@ def _child_predict(dataset_dir: str, fast: bool) -> dict:
     from mclstexp_hub.data.hf_dataset import load_dataset_metadata, load_st_dataset
     from mclstexp_hub.data.patches import iter_patches
     from mclstexp_hub.data.readers.her2st import read_her2st
-    from mclstexp_hub.modeling_mclstexp import MclSTExpModel
-    from mclstexp_hub.pixels_mclstexp import scale_pixel_values
+    from mclstexp_hub.models.mclstexp.modeling_mclstexp import MclSTExpModel
+    from mclstexp_hub.models.mclstexp.pixels_mclstexp import scale_pixel_values
     from mclstexp_hub.training.bank import build_bank_from_dataset
     from mclstexp_hub.training.trainer import build_training_config
 
@@ -186,7 +186,7 @@ def _child_ckpt_sizes(dataset_dir: str) -> dict:
     import torch
 
     from mclstexp_hub.data.hf_dataset import load_dataset_metadata
-    from mclstexp_hub.modeling_mclstexp import MclSTExpModel
+    from mclstexp_hub.models.mclstexp.modeling_mclstexp import MclSTExpModel
     from mclstexp_hub.training.trainer import build_training_config
 
     meta = load_dataset_metadata(dataset_dir)

@@ -697,13 +697,13 @@ def _save_atomically(model, out: Path, overwrite: bool) -> dict[str, int]:
 def _save_processor_and_pipeline(config, folder: Path) -> None:
     """The image processor and pipeline code make the directory complete for `pipeline(...)`."""
     try:
-        from mclstexp_hub.image_processing_mclstexp import MclSTExpImageProcessor
+        from mclstexp_hub.models.mclstexp.image_processing_mclstexp import MclSTExpImageProcessor
     except ImportError:  # processor not shipped in this build: the model alone still loads
         logger.warning("MclSTExpImageProcessor unavailable; no preprocessor_config.json written")
     else:
         MclSTExpImageProcessor.from_model_config(config).save_pretrained(folder)
     try:
-        from mclstexp_hub.pipeline_mclstexp import save_pipeline_code
+        from mclstexp_hub.models.mclstexp.pipeline_mclstexp import save_pipeline_code
     except ImportError:
         logger.warning("pipeline code unavailable; config.json has no custom_pipelines entry")
     else:

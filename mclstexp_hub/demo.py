@@ -110,8 +110,8 @@ def run_demo(
     from mclstexp_hub.data.build import build_dataset
     from mclstexp_hub.data.hf_dataset import load_dataset_metadata, load_st_dataset
     from mclstexp_hub.evaluation.metrics import evaluate_section
-    from mclstexp_hub.modeling_mclstexp import MclSTExpModel
-    from mclstexp_hub.pipeline_mclstexp import save_pipeline_code
+    from mclstexp_hub.models.mclstexp.modeling_mclstexp import MclSTExpModel
+    from mclstexp_hub.models.mclstexp.pipeline_mclstexp import save_pipeline_code
     from mclstexp_hub.prediction.predict import ensure_registered
     from mclstexp_hub.synthetic import SYNTHETIC_NOTE, generate_synthetic_dataset
     from mclstexp_hub.training.profiles import get_profile

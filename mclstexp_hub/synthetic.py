@@ -279,7 +279,7 @@ def render_synthetic_slide(
 # ----------------------------------------------------------------------------- expression
 def spot_features(slide: SyntheticSlide, size: int) -> pd.DataFrame:
     """Per-spot image content under the `size` patch: the inputs of the gene programme."""
-    from .pipeline_mclstexp import crop_window
+    from .models.mclstexp.slide_io_mclstexp import crop_window
 
     rows = []
     for cx, cy in slide.centres:

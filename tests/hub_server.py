@@ -528,11 +528,11 @@ def make_checkpoint(
     folder = Path(folder)
     model.save_pretrained(folder)
     if processor:
-        from mclstexp_hub.image_processing_mclstexp import MclSTExpImageProcessor
+        from mclstexp_hub.models.mclstexp.image_processing_mclstexp import MclSTExpImageProcessor
 
         MclSTExpImageProcessor.from_model_config(config).save_pretrained(folder)
     if pipeline:
-        from mclstexp_hub.pipeline_mclstexp import save_pipeline_code
+        from mclstexp_hub.models.mclstexp.pipeline_mclstexp import save_pipeline_code
 
         save_pipeline_code(folder)
     return folder

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from transformers import AutoConfig, AutoModel
 
 from mclstexp_hub import MclSTExpConfig, MclSTExpModel
-from mclstexp_hub.modeling_mclstexp import contrastive_loss
+from mclstexp_hub.models.mclstexp.modeling_mclstexp import contrastive_loss
 
 GENES = [f"GENE{i}" for i in range(24)]
 SMALL = dict(gene_names=GENES, image_encoder="resnet10t", max_position=64)

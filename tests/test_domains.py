@@ -13,7 +13,7 @@ from test_pipeline_helpers import section_expression
 
 from mclstexp_hub.analysis.domains import domain_scores, read_labels, spatial_domains
 from mclstexp_hub.cli import main
-from mclstexp_hub.pipeline_mclstexp import build_prediction_anndata
+from mclstexp_hub.models.mclstexp.pipeline_mclstexp import build_prediction_anndata
 
 
 @pytest.fixture(scope="module")

@@ -62,7 +62,7 @@ def client_push(args: dict) -> None:
 
     def model_push_to_hub():
         from mclstexp_hub import MclSTExpModel
-        from mclstexp_hub.image_processing_mclstexp import MclSTExpImageProcessor
+        from mclstexp_hub.models.mclstexp.image_processing_mclstexp import MclSTExpImageProcessor
 
         if "model_card" not in inspect.signature(MclSTExpModel.push_to_hub).parameters:
             return "override absent"

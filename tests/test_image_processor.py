@@ -14,8 +14,8 @@ from transformers.image_processing_backends import TorchvisionBackend
 
 import mclstexp_hub  # noqa: F401
 from mclstexp_hub import MclSTExpConfig
-from mclstexp_hub.image_processing_mclstexp import MclSTExpImageProcessor, native_scaling
-from mclstexp_hub.pixels_mclstexp import scale_pixel_values
+from mclstexp_hub.models.mclstexp.image_processing_mclstexp import MclSTExpImageProcessor, native_scaling
+from mclstexp_hub.models.mclstexp.pixels_mclstexp import scale_pixel_values
 from mclstexp_hub.prediction.predict import ensure_registered
 
 ALL_VALUES = torch.arange(256, dtype=torch.uint8).repeat(3, 1).view(1, 3, 16, 16)
@@ -48,7 +48,7 @@ def test_processor_output_is_scale_pixel_values_exactly(scaling):
 
 def test_larger_patch_is_centre_cropped_like_training_windows(her2st_dir):
     """A 256-px patch around a spot, cropped to 224, is the 224-px training patch of that spot."""
-    from mclstexp_hub.data.slide import open_slide
+    from mclstexp_hub.models.mclstexp.slide_io_mclstexp import open_slide
 
     slide = open_slide(Path(her2st_dir) / "ST-imgs" / "B" / "B4" / "BT10737_D2_HE.jpg")
     processor = MclSTExpImageProcessor(patch_size=224)

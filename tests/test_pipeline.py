@@ -24,8 +24,9 @@ from test_pipeline_helpers import (
 )
 from transformers import pipeline
 
-from mclstexp_hub.pipeline_mclstexp import TASK, MclSTExpPipeline, PatchReader
-from mclstexp_hub.pixels_mclstexp import scale_pixel_values
+from mclstexp_hub.models.mclstexp.pipeline_mclstexp import TASK, MclSTExpPipeline, slide_thumbnail
+from mclstexp_hub.models.mclstexp.slide_io_mclstexp import open_slide as PatchReader
+from mclstexp_hub.models.mclstexp.pixels_mclstexp import scale_pixel_values
 from mclstexp_hub.prediction.predict import ensure_registered, load_pipeline
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -55,7 +56,7 @@ def b4_image(her2st_dir) -> Path:
 
 @pytest.fixture(scope="module")
 def b4_patches(her2st_dir, b4_image):
-    from mclstexp_hub.data.slide import open_slide
+    from mclstexp_hub.models.mclstexp.slide_io_mclstexp import open_slide
 
     spots = her2st_spots(her2st_dir, "B4", every=40)
     with open_slide(b4_image) as slide:
@@ -177,7 +178,7 @@ def test_tiled_tiff_is_read_region_by_region(tmp_path):
     assert tiled._slide is not None and (tiled.width, tiled.height) == (900, 700)
     for cx, cy in [(100.0, 100.0), (450.5, 350.2), (899.0, 699.0), (3.0, 690.0)]:
         assert np.array_equal(tiled.read_patch(cx, cy, 224), flat.read_patch(cx, cy, 224))
-    thumb, scale = tiled.thumbnail(300)
+    thumb, scale = slide_thumbnail(tiled, 300)
     assert thumb.shape[1] == 300 and abs(scale - 300 / 900) < 1e-9
 
 
@@ -203,7 +204,7 @@ def test_bad_call_options_are_clear(pipe, b4_patches):
 
 
 def test_processor_config_mismatch_is_refused(checkpoint):
-    from mclstexp_hub.image_processing_mclstexp import MclSTExpImageProcessor
+    from mclstexp_hub.models.mclstexp.image_processing_mclstexp import MclSTExpImageProcessor
 
     ensure_registered()
     with pytest.raises(ValueError, match="patch_size"):

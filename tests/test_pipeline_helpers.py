@@ -17,8 +17,8 @@ import torch
 
 import mclstexp_hub  # noqa: F401  (registers the Auto classes)
 from mclstexp_hub import MclSTExpConfig, MclSTExpModel
-from mclstexp_hub.image_processing_mclstexp import MclSTExpImageProcessor
-from mclstexp_hub.pipeline_mclstexp import save_pipeline_code
+from mclstexp_hub.models.mclstexp.image_processing_mclstexp import MclSTExpImageProcessor
+from mclstexp_hub.models.mclstexp.pipeline_mclstexp import save_pipeline_code
 
 B4_IMAGE = ("ST-imgs", "B", "B4", "BT10737_D2_HE.jpg")
 UNITS = "log10(1 + 1e4 * count / panel total)"

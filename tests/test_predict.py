@@ -153,7 +153,7 @@ def test_failed_write_leaves_nothing(checkpoint, small_slide, tmp_path, capsys, 
 def test_tile_covers_the_tissue_of_a_real_slide(her2st_dir, b4_image):
     from scipy.spatial import cKDTree
 
-    from mclstexp_hub.data.slide import open_slide
+    from mclstexp_hub.models.mclstexp.slide_io_mclstexp import open_slide
     from mclstexp_hub.prediction.tiling import tile_spots
 
     with open_slide(b4_image) as slide:

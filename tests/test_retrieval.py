@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from mclstexp_hub import MclSTExpConfig, MclSTExpModel
-from mclstexp_hub.spot_bank_mclstexp import SpotBank
+from mclstexp_hub.models.mclstexp.spot_bank_mclstexp import SpotBank
 
 DISTANCES = ("l1", "l2", "cosine")
 WEIGHTINGS = ("inverse_square", "mean", "softmax")
@@ -129,7 +129,7 @@ def test_k_larger_than_bank_is_refused(data, tiny_model):
 
 
 def test_weights_sum_to_one_and_inverse_square_favours_close(data):
-    from mclstexp_hub.spot_bank_mclstexp import retrieval_weights
+    from mclstexp_hub.models.mclstexp.spot_bank_mclstexp import retrieval_weights
 
     bank, queries = data
     _, idx = bank.search(queries, 10)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from mclstexp_hub.spot_bank_mclstexp import SpotBank
+from mclstexp_hub.models.mclstexp.spot_bank_mclstexp import SpotBank
 
 pytest.importorskip("faiss", reason="faiss not installed: pip install 'mclstexp-hub[faiss]'")
 

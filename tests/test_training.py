@@ -9,7 +9,7 @@ from test_training_helpers import SMALL_ENCODER, state_hash, tiny_her2st_dataset
 from transformers import TrainerCallback, set_seed
 
 from mclstexp_hub import MclSTExpModel
-from mclstexp_hub.pixels_mclstexp import scale_pixel_values
+from mclstexp_hub.models.mclstexp.pixels_mclstexp import scale_pixel_values
 from mclstexp_hub.training.features import (
     compute_image_features,
     encoder_fingerprint,

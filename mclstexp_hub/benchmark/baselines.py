@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from mclstexp_hub.spot_bank_mclstexp import exact_cosine_topk
+from mclstexp_hub.models.mclstexp.spot_bank_mclstexp import exact_cosine_topk
 
 BLEEP_ABLATION_OVERRIDES: dict[str, Any] = {
     "spot_encoder_layers": 0,

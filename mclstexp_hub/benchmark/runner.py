@@ -230,7 +230,7 @@ def run_benchmark(opts: BenchmarkOptions) -> dict[str, Any]:
 
     from mclstexp_hub import __version__
     from mclstexp_hub.data.hf_dataset import load_dataset_metadata, load_st_dataset
-    from mclstexp_hub.modeling_mclstexp import MclSTExpModel
+    from mclstexp_hub.models.mclstexp.modeling_mclstexp import MclSTExpModel
     from mclstexp_hub.training.features import compute_image_features, encoder_fingerprint
     from mclstexp_hub.training.profiles import get_profile
     from mclstexp_hub.training.torch_dataset import SpotPatchDataset

@@ -8,8 +8,8 @@ import os
 
 def _build(args: argparse.Namespace) -> int:
     from mclstexp_hub.data.hf_dataset import load_dataset_metadata, load_st_dataset
-    from mclstexp_hub.modeling_mclstexp import MclSTExpModel
-    from mclstexp_hub.spot_bank_mclstexp import SPOT_BANK_FILENAME
+    from mclstexp_hub.models.mclstexp.modeling_mclstexp import MclSTExpModel
+    from mclstexp_hub.models.mclstexp.spot_bank_mclstexp import SPOT_BANK_FILENAME
     from mclstexp_hub.training.bank import build_bank_from_dataset
 
     own_bank = os.path.join(args.checkpoint, SPOT_BANK_FILENAME)
@@ -49,7 +49,7 @@ def _build(args: argparse.Namespace) -> int:
 def _info(args: argparse.Namespace) -> int:
     import json
 
-    from mclstexp_hub.spot_bank_mclstexp import SpotBank
+    from mclstexp_hub.models.mclstexp.spot_bank_mclstexp import SpotBank
 
     bank = SpotBank.load(args.path)
     print(f"{len(bank)} spots × {bank.n_genes} genes, embedding width {bank.embedding_dim}")

@@ -37,7 +37,7 @@ from PIL import Image as PILImage
 
 from .errors import DataError, preview
 from .patches import iter_patches, window_size
-from .slide import PAD_VALUE, open_slide
+from ..models.mclstexp.slide_io_mclstexp import PAD_VALUE, open_slide
 
 METADATA_FILE = "mclstexp_dataset.json"
 GENES_FILE = "genes.txt"

@@ -21,7 +21,7 @@ import numpy as np
 from PIL import Image
 
 from .errors import DataError, preview
-from .slide import Slide, open_slide
+from ..models.mclstexp.slide_io_mclstexp import Slide, open_slide
 
 
 def spot_centers(adata: ad.AnnData) -> np.ndarray:

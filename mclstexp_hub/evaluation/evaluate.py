@@ -58,7 +58,7 @@ def evaluate_checkpoint(
 ) -> tuple[list[SectionMetrics], dict[str, Path]]:
     """Predict and score `sections` of `dataset` with the checkpoint at `model_path`."""
     from mclstexp_hub.data.hf_dataset import load_dataset_metadata, load_st_dataset
-    from mclstexp_hub.modeling_mclstexp import MclSTExpModel
+    from mclstexp_hub.models.mclstexp.modeling_mclstexp import MclSTExpModel
     from mclstexp_hub.training.torch_dataset import SpotPatchDataset
 
     model = MclSTExpModel.from_pretrained(os.fspath(model_path)).eval()

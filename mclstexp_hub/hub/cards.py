@@ -371,8 +371,8 @@ def render_card(
 
 def _describe_checkpoint(folder: Path) -> tuple[Any, list[str], int | None]:
     """Config, bank sections (in order of first appearance) and bank size of a checkpoint."""
-    from ..configuration_mclstexp import MclSTExpConfig
-    from ..spot_bank_mclstexp import SPOT_BANK_FILENAME, SpotBank
+    from ..models.mclstexp.configuration_mclstexp import MclSTExpConfig
+    from ..models.mclstexp.spot_bank_mclstexp import SPOT_BANK_FILENAME, SpotBank
 
     if not (folder / "config.json").is_file():
         raise FileNotFoundError(f"{folder}: no config.json; --checkpoint must be a saved model")

@@ -23,8 +23,8 @@ from typing import Any
 
 from huggingface_hub import CommitOperationAdd, HfApi, ModelCard
 
-from ..configuration_mclstexp import MclSTExpConfig
-from ..spot_bank_mclstexp import SPOT_BANK_FILENAME, SpotBank
+from ..models.mclstexp.configuration_mclstexp import MclSTExpConfig
+from ..models.mclstexp.spot_bank_mclstexp import SPOT_BANK_FILENAME, SpotBank
 from .remote_code import PACKAGE_DIR, complete_remote_code
 
 logger = logging.getLogger(__name__)
@@ -127,7 +127,7 @@ def _derive_missing(files: dict[str, Path], config: MclSTExpConfig, staging: Pat
     added: list[str] = []
     if "preprocessor_config.json" not in files:
         try:
-            from ..image_processing_mclstexp import MclSTExpImageProcessor
+            from ..models.mclstexp.image_processing_mclstexp import MclSTExpImageProcessor
         except ImportError:
             logger.warning("no image processor in this build; publishing without one")
         else:
@@ -139,7 +139,7 @@ def _derive_missing(files: dict[str, Path], config: MclSTExpConfig, staging: Pat
     raw = json.loads(files["config.json"].read_text(encoding="utf-8"))
     if not raw.get("custom_pipelines"):
         try:
-            from ..pipeline_mclstexp import save_pipeline_code
+            from ..models.mclstexp.pipeline_mclstexp import save_pipeline_code
         except ImportError:
             logger.warning("no pipeline in this build; publishing without custom_pipelines")
         else:

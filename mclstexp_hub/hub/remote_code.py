@@ -14,8 +14,8 @@ import json
 from collections.abc import Mapping
 from pathlib import Path
 
-PACKAGE_DIR = Path(__file__).resolve().parents[1]
-"""The installed `mclstexp_hub` folder: where the Hub-bound modules live flat."""
+PACKAGE_DIR = Path(__file__).resolve().parents[1] / "models" / "mclstexp"
+"""The installed Hub-bound folder (`mclstexp_hub/models/mclstexp`): the modules that travel."""
 
 HUB_MODULES = (
     "configuration_mclstexp",
@@ -24,6 +24,7 @@ HUB_MODULES = (
     "pixels_mclstexp",
     "image_processing_mclstexp",
     "pipeline_mclstexp",
+    "slide_io_mclstexp",
 )
 """Modules written to travel to the Hub (relative imports of each other only)."""
 

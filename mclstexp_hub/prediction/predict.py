@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from ..pipeline_mclstexp import TASK, MclSTExpPipeline
+from ..models.mclstexp.pipeline_mclstexp import TASK, MclSTExpPipeline
 from .io import check_output_path, write_h5ad_atomic
 
 logger = logging.getLogger(__name__)
@@ -29,8 +29,8 @@ def ensure_registered() -> None:
     from transformers import AutoImageProcessor, AutoModel
     from transformers.pipelines import PIPELINE_REGISTRY
 
-    from ..configuration_mclstexp import MclSTExpConfig
-    from ..image_processing_mclstexp import MclSTExpImageProcessor
+    from ..models.mclstexp.configuration_mclstexp import MclSTExpConfig
+    from ..models.mclstexp.image_processing_mclstexp import MclSTExpImageProcessor
 
     AutoImageProcessor.register(
         MclSTExpConfig, image_processor_classes={"torchvision": MclSTExpImageProcessor}, exist_ok=True
@@ -182,7 +182,7 @@ def predict_to_h5ad(
     pipe: MclSTExpPipeline | None = None,
 ) -> PredictionResult:
     """Predict every spot of `image` and write `out` (.h5ad) atomically; draw `plot_genes`."""
-    from mclstexp_hub.data.slide import open_slide
+    from mclstexp_hub.models.mclstexp.slide_io_mclstexp import open_slide
 
     out = check_output_path(out, overwrite)  # fail before any slow work
     if batch_size < 1:

@@ -76,7 +76,7 @@ def tile_spots(
     """Grid spot table (pixel_x, pixel_y, array_x, array_y, spot_id, tissue_fraction).
 
     `slide` needs `width`, `height` and `thumbnail(max_size) -> PIL` (as
-    `mclstexp_hub.data.slide.open_slide` gives). Grid points lie at `pitch` full-resolution
+    `mclstexp_hub.models.mclstexp.slide_io_mclstexp.open_slide` gives). Grid points lie at `pitch` full-resolution
     pixels, offset by half a pitch from the image corner; a point is kept when at least
     `min_tissue_fraction` of its `patch_size` window is tissue on the thumbnail.
     """

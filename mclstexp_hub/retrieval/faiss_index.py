@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from mclstexp_hub.spot_bank_mclstexp import SpotBank, retrieval_weights
+from mclstexp_hub.models.mclstexp.spot_bank_mclstexp import SpotBank, retrieval_weights
 
 KINDS = ("flat", "ivf", "hnsw")
 _INSTALL_HINT = "pip install 'mclstexp-hub[faiss]'  (or: pip install faiss-cpu)"

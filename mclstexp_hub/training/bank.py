@@ -13,8 +13,8 @@ from typing import Any
 
 import torch
 
-from ..modeling_mclstexp import DEFAULT_BANK_BATCH_SIZE
-from ..spot_bank_mclstexp import SpotBank
+from ..models.mclstexp.modeling_mclstexp import DEFAULT_BANK_BATCH_SIZE
+from ..models.mclstexp.spot_bank_mclstexp import SpotBank
 from .torch_dataset import dataset_arrays
 
 # Spots embedded per call (a whole number of batches), for the progress bar; no effect on values.

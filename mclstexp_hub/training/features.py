@@ -140,7 +140,7 @@ def compute_image_features(
     same). augment=True draws the paper's augmentation independently per patch and view from a
     generator seeded with `seed`, leaving torch's global RNG as it was.
     """
-    from ..pixels_mclstexp import scale_pixel_values
+    from ..models.mclstexp.pixels_mclstexp import scale_pixel_values
 
     if not isinstance(n_views, int) or n_views < 1:
         raise ValueError(f"n_views must be a positive integer; got {n_views!r}.")
@@ -217,7 +217,7 @@ def recalibrate_batchnorm(
     (momentum=None) replace them by the statistics of these patches. Weights are untouched.
     Returns the number of BatchNorm layers updated.
     """
-    from ..pixels_mclstexp import scale_pixel_values
+    from ..models.mclstexp.pixels_mclstexp import scale_pixel_values
 
     patches = _as_patches(dataset_or_patches)
     encoder = _encoder(model)

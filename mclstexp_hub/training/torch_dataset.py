@@ -195,7 +195,7 @@ class SpotCollator:
     def __init__(
         self, pixel_scaling: str = "unit", augment: bool = False, channels_last: bool = False
     ) -> None:
-        from ..pixels_mclstexp import PIXEL_SCALINGS
+        from ..models.mclstexp.pixels_mclstexp import PIXEL_SCALINGS
 
         if pixel_scaling not in PIXEL_SCALINGS:
             raise ValueError(f"pixel_scaling must be one of {PIXEL_SCALINGS}; got {pixel_scaling!r}.")
@@ -209,7 +209,7 @@ class SpotCollator:
             self._augmenter = PatchAugmenter()
 
     def __call__(self, items: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        from ..pixels_mclstexp import scale_pixel_values
+        from ..models.mclstexp.pixels_mclstexp import scale_pixel_values
 
         batch = {
             "expression": torch.stack([it["expression"] for it in items]).float(),

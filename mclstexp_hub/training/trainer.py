@@ -28,8 +28,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..configuration_mclstexp import MclSTExpConfig
-from ..modeling_mclstexp import MclSTExpModel, contrastive_loss
+from ..models.mclstexp.configuration_mclstexp import MclSTExpConfig
+from ..models.mclstexp.modeling_mclstexp import MclSTExpModel, contrastive_loss
 from .bank import build_bank_from_dataset, check_dataset_genes
 from .features import compute_image_features, recalibrate_batchnorm
 from .profiles import DATASET_PRESETS, TrainProfile, get_profile
@@ -254,8 +254,8 @@ def save_checkpoint(model: MclSTExpModel, out_dir: str, training_info: dict[str,
     Files are staged in a hidden sibling folder and moved in one by one, config.json last:
     `from_pretrained` never sees a folder with a config but missing weights.
     """
-    from ..image_processing_mclstexp import MclSTExpImageProcessor
-    from ..pipeline_mclstexp import save_pipeline_code
+    from ..models.mclstexp.image_processing_mclstexp import MclSTExpImageProcessor
+    from ..models.mclstexp.pipeline_mclstexp import save_pipeline_code
 
     os.makedirs(out_dir, exist_ok=True)
     stage = tempfile.mkdtemp(prefix=".staging-", dir=out_dir)

@@ -27,17 +27,16 @@ import json
 import logging
 import os
 import tempfile
-import warnings
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
 from transformers import Pipeline
 
-from .image_processing_mclstexp import PAD_VALUE, MclSTExpImageProcessor
+from .image_processing_mclstexp import MclSTExpImageProcessor
+from .slide_io_mclstexp import CROP_CONVENTION, Slide, open_slide
 
 logger = logging.getLogger(__name__)
 
@@ -45,142 +44,13 @@ TASK = "spatial-gene-expression"
 PIPELINE_FILENAME = "pipeline_mclstexp.py"
 DEFAULT_SLIDE_BATCH_SIZE = 32
 HIRES_MAX_SIZE = 2000  # longest side of the stored thumbnail, as Space Ranger's hires image
-PYRAMID_SUFFIXES = {".svs", ".ndpi", ".scn", ".mrxs", ".vms", ".vmu", ".bif", ".qptiff"}
-TIFF_SUFFIXES = {".tif", ".tiff"}
 
 
 # ---------------------------------------------------------------------------- slide reading
-def crop_window(cx: float, cy: float, size: int) -> tuple[int, int]:
-    """Top-left corner of the `size` window centred on (cx, cy) — the training convention.
-
-    A spot at integer centre c covers [c - size // 2, c - size // 2 + size).
-    """
-    return int(np.floor(cx + 0.5)) - size // 2, int(np.floor(cy + 0.5)) - size // 2
-
-
-class PatchReader:
-    """Minimal full-resolution reader: square patches around spot centres and a thumbnail.
-
-    Accepts a path (JPEG/PNG/flat TIFF decoded once; tiled/pyramidal TIFF and SVS-like files read
-    region by region through tiffslide), a PIL image, an (H, W, 3) uint8 array, or any object with
-    `width`, `height`, `read_region(x0, y0, w, h)` and `thumbnail(max_size)` (such as
-    `mclstexp_hub.data.slide.open_slide(...)`). Pixels beyond the image are white (255).
-    """
-
-    def __init__(self, image: Any) -> None:
-        self.path: str | None = None
-        self._slide = None
-        self._array: np.ndarray | None = None
-        if hasattr(image, "read_region") and hasattr(image, "width") and hasattr(image, "height") \
-                and not isinstance(image, Image.Image):
-            self._slide = image
-            self.path = str(getattr(image, "path", "")) or None
-            self.width, self.height = int(image.width), int(image.height)
-            return
-        if isinstance(image, (str, os.PathLike)):
-            self.path = os.fspath(image)
-            if not os.path.isfile(self.path):
-                raise FileNotFoundError(
-                    f"image not found: {self.path}. Pass the full-resolution H&E image of the slide."
-                )
-            suffix = Path(self.path).suffix.lower()
-            if suffix in PYRAMID_SUFFIXES or (suffix in TIFF_SUFFIXES and _is_tiled_tiff(self.path)):
-                self._slide = _open_tiffslide(self.path)
-                self.width, self.height = (int(v) for v in self._slide.dimensions)
-                return
-            image = _decode_image(self.path)
-        if isinstance(image, Image.Image):
-            image = np.asarray(image.convert("RGB"), dtype=np.uint8)
-        array = np.asarray(image)
-        if array.ndim != 3 or array.shape[2] != 3 or array.dtype != np.uint8:
-            raise ValueError(
-                "the slide image must be an RGB uint8 image (H, W, 3); got "
-                f"{array.shape} {array.dtype}."
-            )
-        self._array = array
-        self.height, self.width = array.shape[:2]
-
-    def read_region(self, x0: int, y0: int, w: int, h: int) -> np.ndarray:
-        """(h, w, 3) uint8 window at (x0, y0); outside pixels are white."""
-        if self._slide is not None and not hasattr(self._slide, "dimensions"):
-            return np.asarray(self._slide.read_region(x0, y0, w, h), dtype=np.uint8)
-        out = np.full((h, w, 3), PAD_VALUE, dtype=np.uint8)
-        sx0, sy0 = max(x0, 0), max(y0, 0)
-        sx1, sy1 = min(x0 + w, self.width), min(y0 + h, self.height)
-        if sx1 <= sx0 or sy1 <= sy0:
-            return out
-        if self._array is not None:
-            region = self._array[sy0:sy1, sx0:sx1]
-        else:  # tiffslide
-            region = np.asarray(self._slide.read_region((sx0, sy0), 0, (sx1 - sx0, sy1 - sy0)))
-            if region.ndim == 3 and region.shape[2] == 4:  # transparent = outside the scan
-                alpha = region[..., 3:4].astype(np.float32) / 255.0
-                region = (region[..., :3] * alpha + PAD_VALUE * (1 - alpha)).round().astype(np.uint8)
-        out[sy0 - y0 : sy1 - y0, sx0 - x0 : sx1 - x0] = region[..., :3]
-        return out
-
-    def read_patch(self, cx: float, cy: float, size: int) -> np.ndarray:
-        x0, y0 = crop_window(cx, cy, size)
-        return self.read_region(x0, y0, size, size)
-
-    def thumbnail(self, max_size: int = HIRES_MAX_SIZE) -> tuple[np.ndarray, float]:
-        """(thumbnail uint8 (h, w, 3), scale factor full-resolution → thumbnail pixels)."""
-        scale = min(1.0, max_size / max(self.width, self.height))
-        size = (max(1, round(self.width * scale)), max(1, round(self.height * scale)))
-        if self._array is not None:
-            thumb = Image.fromarray(self._array).resize(size, Image.BILINEAR, reducing_gap=3.0)
-        elif hasattr(self._slide, "get_thumbnail"):
-            thumb = self._slide.get_thumbnail(size).convert("RGB")
-        else:
-            thumb = self._slide.thumbnail(max_size)
-            thumb = thumb if isinstance(thumb, Image.Image) else Image.fromarray(np.asarray(thumb))
-            thumb = thumb.convert("RGB")
-        thumb_arr = np.asarray(thumb, dtype=np.uint8)
-        return thumb_arr, thumb_arr.shape[1] / self.width
-
-
-def _decode_image(path: str) -> np.ndarray:
-    old_limit = Image.MAX_IMAGE_PIXELS
-    Image.MAX_IMAGE_PIXELS = None  # whole-slide images exceed PIL's decompression-bomb guard
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(path) as img:
-                img.load()
-                return np.asarray(img.convert("RGB"), dtype=np.uint8)
-    except (OSError, SyntaxError, ValueError) as exc:
-        raise ValueError(
-            f"{path}: cannot decode image ({exc}). The file is unreadable or truncated; "
-            "re-export it as JPEG/PNG/TIFF."
-        ) from exc
-    finally:
-        Image.MAX_IMAGE_PIXELS = old_limit
-
-
-def _is_tiled_tiff(path: str) -> bool:
-    try:
-        import tifffile
-    except ImportError:
-        return False
-    try:
-        with tifffile.TiffFile(path) as tif:
-            return len(tif.series[0].levels) > 1 or bool(tif.pages[0].is_tiled)
-    except Exception as exc:
-        raise ValueError(f"{path}: not a readable TIFF ({exc}).") from exc
-
-
-def _open_tiffslide(path: str):
-    try:
-        import tiffslide
-    except ImportError as exc:
-        raise ImportError(
-            f"{path} is a pyramidal slide; reading it region by region needs tiffslide "
-            "(pip install tiffslide)."
-        ) from exc
-    try:
-        return tiffslide.TiffSlide(path)
-    except Exception as exc:
-        raise ValueError(f"{path}: tiffslide cannot open this slide ({exc}).") from exc
+def slide_thumbnail(slide: Slide, max_size: int = HIRES_MAX_SIZE) -> tuple[np.ndarray, float]:
+    """(thumbnail uint8 (h, w, 3), scale factor full-resolution → thumbnail pixels)."""
+    thumb = np.asarray(slide.thumbnail(max_size).convert("RGB"), dtype=np.uint8)
+    return thumb, thumb.shape[1] / slide.width
 
 
 # ------------------------------------------------------------------------------ spot tables
@@ -486,8 +356,21 @@ class MclSTExpPipeline(Pipeline):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1; got {batch_size}.")
         table = spot_table(spots)
-        reader = PatchReader(image)
-        name = reader.path or "the slide image"
+        reader = open_slide(image)
+        try:
+            return self._predict_opened_slide(reader, table, batch_size, k, distance, weighting,
+                                              library_id, spot_diameter, progress, provenance)
+        finally:
+            if reader is not image:  # opened here from a path/array: free it here
+                reader.close()
+
+    def _predict_opened_slide(self, reader: Slide, table, batch_size: int, k: int, distance: str,
+                              weighting: str, library_id: str | None,
+                              spot_diameter: float | None, progress: bool,
+                              provenance: dict[str, Any] | None):
+        config = self.model.config
+        bank = self.model.spot_bank
+        name = reader.name
         check_spots_inside(table, reader.width, reader.height, name)
         size = int(config.patch_size)
         xy = table[["pixel_x", "pixel_y"]].to_numpy(dtype=np.float64)
@@ -516,8 +399,8 @@ class MclSTExpPipeline(Pipeline):
             self.model.train(was_training)
             if bar is not None:
                 bar.close()
-        thumb, scale = reader.thumbnail(HIRES_MAX_SIZE)
-        library_id = library_id or (Path(reader.path).stem if reader.path else "slide")
+        thumb, scale = slide_thumbnail(reader, HIRES_MAX_SIZE)
+        library_id = library_id or (reader.path.stem if reader.path else "slide")
         record = {
             "task": TASK,
             "model": str(getattr(config, "_name_or_path", "") or ""),
@@ -540,6 +423,7 @@ class MclSTExpPipeline(Pipeline):
             "transformers_version": _transformers_version(),
             "device": str(self.device),
             "image": str(reader.path or ""),
+            "crop_convention": CROP_CONVENTION,
             "image_width": reader.width,
             "image_height": reader.height,
             "n_spots": len(table),
@@ -556,7 +440,7 @@ class MclSTExpPipeline(Pipeline):
             float(spot_diameter or size),
             library_id,
             record,
-            image_metadata={"source_image": reader.path or "", "width": reader.width,
+            image_metadata={"source_image": str(reader.path or ""), "width": reader.width,
                             "height": reader.height},
         )
 
@@ -622,9 +506,8 @@ def _write_json_atomic(path: Path, content: dict[str, Any]) -> None:
 __all__ = [
     "TASK",
     "MclSTExpPipeline",
-    "PatchReader",
     "build_prediction_anndata",
-    "crop_window",
+    "slide_thumbnail",
     "custom_pipeline_entry",
     "save_pipeline_code",
     "spot_table",

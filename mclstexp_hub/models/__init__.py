@@ -1,0 +1,1 @@
+"""Model families of mclstexp-hub (today one: `mclstexp`), laid out as in transformers."""
