@@ -171,7 +171,7 @@ def _child_predict(dataset_dir: str, fast: bool) -> dict:
             x = scale_pixel_values(patches[start : start + 64].contiguous(), "unit")
             if fast:
                 x = x.contiguous(memory_format=torch.channels_last)
-            embeds.append(model.get_image_features(x).float())
+            embeds.append(model.get_image_features(x).pooler_output.float())
     timings["image_tower"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     prediction = model.predict_expression(image_embeds=torch.cat(embeds))

@@ -145,7 +145,7 @@ def test_temperature_scales_logits():
 def test_features_are_unnormalised_projection_outputs(small_model):
     pixels, expression, positions = _inputs()
     with torch.no_grad():
-        img = small_model.get_image_features(pixels)
+        img = small_model.get_image_features(pixels).pooler_output
         spot = small_model.get_spot_features(expression, positions)
         img_manual = small_model.image_projection(small_model.image_encoder(pixels))
     assert torch.allclose(img, img_manual)

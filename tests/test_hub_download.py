@@ -35,7 +35,7 @@ def _embed_report(model) -> dict:
     import torch
 
     with torch.no_grad():
-        embeds = model.get_image_features(probe_pixels())
+        embeds = model.get_image_features(probe_pixels()).pooler_output
     bank = model.spot_bank
     return {
         "module": type(model).__module__,
@@ -232,7 +232,7 @@ def world(tmp_path_factory):
         model = MclSTExpModel.from_pretrained(folder).eval()
         with torch.no_grad():
             expected[name] = {
-                "image_embeds": model.get_image_features(probe_pixels()),
+                "image_embeds": model.get_image_features(probe_pixels()).pooler_output,
                 "bank_first_row": model.spot_bank.embeddings[0],
             }
     hf_home = root / "hf_home"

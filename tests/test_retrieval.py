@@ -113,7 +113,7 @@ def test_model_uses_config_defaults(data, tiny_model):
 def test_model_pixel_path_equals_embedding_path(tiny_model):
     pixels = torch.rand(3, 3, 64, 64, generator=torch.Generator().manual_seed(1))
     via_pixels = tiny_model.predict_expression(pixel_values=pixels, k=4)
-    embeds = tiny_model.get_image_features(pixels)
+    embeds = tiny_model.get_image_features(pixels).pooler_output
     via_embeds = tiny_model.predict_expression(image_embeds=embeds, k=4)
     torch.testing.assert_close(via_pixels.expression, via_embeds.expression)
 

@@ -430,7 +430,7 @@ def run_benchmark(opts: BenchmarkOptions) -> dict[str, Any]:
                 )[0]
             k = min(int(model.config.retrieval_k), len(model.spot_bank))
             with torch.no_grad():
-                embeds = model.image_projection(query_feats.float())
+                embeds = model.get_image_features(image_features=query_feats.float()).pooler_output
                 pred = model.predict_expression(image_embeds=embeds, k=k)
             predictions[method] = pred.expression.numpy()
             details[method] = {"k": k, "train_spots": result.train_spots,

@@ -36,7 +36,7 @@ def predict_patches(
     features = compute_image_features(model, patches, 1, batch_size=batch_size,
                                       progress=progress)[0]
     with torch.no_grad():
-        embeds = model.image_projection(features.to(model.image_projection.linear_in.weight.dtype))
+        embeds = model.get_image_features(image_features=features).pooler_output
         out = model.predict_expression(image_embeds=embeds.float(), k=k, distance=distance,
                                        weighting=weighting)
     return out.expression.numpy()

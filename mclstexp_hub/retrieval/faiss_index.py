@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from mclstexp_hub.models.mclstexp.spot_bank_mclstexp import SpotBank, retrieval_weights
+from mclstexp_hub.models.mclstexp.spot_bank_mclstexp import SpotBank
 
 KINDS = ("flat", "ivf", "hnsw")
 _INSTALL_HINT = "pip install 'mclstexp-hub[faiss]'  (or: pip install faiss-cpu)"
@@ -216,32 +216,18 @@ def predict_with_index(
     return_neighbours: bool = False,
     query_chunk: int = 2048,
 ):
-    """Expression (Q, G) from image embeddings via the index's neighbours and the bank's
-    weighting — what `SpotBank.predict` does with exact search.
+    """Expression (Q, G) from image embeddings with the index supplying the neighbours.
 
-    Queries are processed `query_chunk` at a time: the weighting gathers (Q, k, dim)
-    neighbour embeddings in float64, which for 1e4 queries × k=200 × 256 dims would be 4 GB.
-    With `return_neighbours`, returns (expression, indices, weights).
+    The index only finds neighbours; weights and averaging are `SpotBank.retrieve`'s (in
+    bounded query blocks). `query_chunk` is validated for backwards compatibility. With
+    `return_neighbours`, returns (expression, indices, weights).
     """
-    if len(index) != len(bank) or index.dim != bank.embedding_dim:
-        raise ValueError(
-            f"The index ({len(index)} spots, dim {index.dim}) was not built from this bank "
-            f"({len(bank)} spots, dim {bank.embedding_dim}); rebuild it with "
-            "FaissSpotIndex.from_bank(bank)."
-        )
     if query_chunk < 1:
         raise ValueError(f"query_chunk must be positive; got {query_chunk}.")
-    queries = torch.as_tensor(queries, dtype=torch.float32)
-    _, indices = index.search(queries, k)
-    expressions, weights = [], []
-    for start in range(0, queries.shape[0], query_chunk):
-        q = queries[start : start + query_chunk]
-        i = indices[start : start + query_chunk]
-        w = retrieval_weights(q, bank.embeddings[i], distance, weighting)
-        expressions.append(torch.einsum("qk,qkg->qg", w, bank.expression[i]))
-        weights.append(w)
-    expression = torch.cat(expressions)
-    return (expression, indices, torch.cat(weights)) if return_neighbours else expression
+    expression, indices, weights = bank.retrieve(
+        queries, k, distance, weighting, searcher=index
+    )
+    return (expression, indices, weights) if return_neighbours else expression
 
 
 def recall_at_k(exact_indices: Any, approx_indices: Any) -> float:

@@ -15,6 +15,7 @@ from typing import Any
 _EXPORTS = {
     "MclSTExpConfig": "configuration_mclstexp",
     "MclSTExpModel": "modeling_mclstexp",
+    "MclSTExpImageOutput": "modeling_mclstexp",
     "MclSTExpOutput": "modeling_mclstexp",
     "MclSTExpPrediction": "modeling_mclstexp",
     "MclSTExpImageProcessor": "image_processing_mclstexp",

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import PreTrainedModel
+from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.utils import ModelOutput
 
 from .configuration_mclstexp import MclSTExpConfig
@@ -46,6 +47,18 @@ class MclSTExpOutput(ModelOutput):
     logits_per_spot: torch.FloatTensor | None = None
     image_embeds: torch.FloatTensor | None = None
     spot_embeds: torch.FloatTensor | None = None
+
+
+@dataclass
+class MclSTExpImageOutput(BaseModelOutputWithPooling):
+    """Output of `MclSTExpModel.get_image_features` (CLIP's shape, plus the pooled features).
+
+    pooler_output: projected image embeddings (B, projection_dim).
+    image_features: pooled encoder features before the projection (B, image_feature_dim).
+    last_hidden_state: the encoder's feature map, None when cached features were given.
+    """
+
+    image_features: torch.FloatTensor | None = None
 
 
 @dataclass
@@ -140,7 +153,11 @@ class MclSTExpImageTower(nn.Module):
             module._mclstexp_encoder_owned = True  # see MclSTExpPreTrainedModel._init_weights
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        feature_map = self.model.forward_features(pixel_values)
+        return self.pool(self.model.forward_features(pixel_values))
+
+    @staticmethod
+    def pool(feature_map: torch.Tensor) -> torch.Tensor:
+        """Global average pool of an encoder's feature map → (B, num_features)."""
         if feature_map.ndim == 4:  # (B, C, H, W) from CNNs
             return feature_map.mean(dim=(2, 3))
         if feature_map.ndim == 3:  # (B, tokens, C) from ViTs: average the tokens
@@ -240,21 +257,52 @@ class MclSTExpModel(MclSTExpPreTrainedModel):
             self.image_encoder.model.set_grad_checkpointing(enable)
 
     # ---------------------------------------------------------------- towers
-    def get_image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """(B, 3, H, W) scaled as the image processor does → (B, projection_dim)."""
-        if not isinstance(pixel_values, torch.Tensor) or pixel_values.ndim != 4:
-            raise ValueError(
-                "pixel_values must be a (batch, 3, height, width) float tensor (use "
-                "MclSTExpImageProcessor); got "
-                f"{getattr(pixel_values, 'shape', type(pixel_values).__name__)}."
-            )
-        if pixel_values.shape[1] != 3:
-            raise ValueError(
-                f"pixel_values must have 3 colour channels in dim 1; got shape "
-                f"{tuple(pixel_values.shape)} (channels-last input? permute to (B, 3, H, W))."
-            )
-        features = self.image_encoder(pixel_values)
-        return self.image_projection(features)
+    def get_image_features(
+        self,
+        pixel_values: torch.Tensor | None = None,
+        image_features: torch.Tensor | None = None,
+    ) -> MclSTExpImageOutput:
+        """Image tower → projection, shaped like CLIP's in transformers 5.
+
+        Pass `pixel_values` (B, 3, H, W) scaled as the image processor does, or, for a frozen
+        encoder, its cached pooled `image_features` (B, image_feature_dim). Returns
+        `pooler_output` = projected embeddings (B, projection_dim), `image_features` = pooled
+        pre-projection features and `last_hidden_state` = the encoder's feature map (None when
+        the features were given).
+        """
+        if (pixel_values is None) == (image_features is None):
+            raise ValueError("get_image_features needs exactly one of pixel_values or image_features.")
+        feature_map = None
+        if pixel_values is not None:
+            if not isinstance(pixel_values, torch.Tensor) or pixel_values.ndim != 4:
+                raise ValueError(
+                    "pixel_values must be a (batch, 3, height, width) float tensor (use "
+                    "MclSTExpImageProcessor); got "
+                    f"{getattr(pixel_values, 'shape', type(pixel_values).__name__)}."
+                )
+            if pixel_values.shape[1] != 3:
+                raise ValueError(
+                    f"pixel_values must have 3 colour channels in dim 1; got shape "
+                    f"{tuple(pixel_values.shape)} (channels-last input? permute to (B, 3, H, W))."
+                )
+            feature_map = self.image_encoder.model.forward_features(pixel_values)
+            image_features = self.image_encoder.pool(feature_map)
+        else:
+            width = self.config.image_feature_dim
+            if not isinstance(image_features, torch.Tensor) or image_features.ndim != 2 or (
+                image_features.shape[1] != width
+            ):
+                raise ValueError(
+                    f"image_features must be (batch, {width}) pooled encoder features (as "
+                    "`get_image_features(pixel_values).image_features` gives); got "
+                    f"{getattr(image_features, 'shape', type(image_features).__name__)}."
+                )
+            image_features = image_features.to(self.image_projection.linear_in.weight.dtype)
+        return MclSTExpImageOutput(
+            last_hidden_state=feature_map,
+            pooler_output=self.image_projection(image_features),
+            image_features=image_features,
+        )
 
     def get_spot_features(self, expression: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """(B, n_genes) expression + (B, 2) array (x, y) → (B, projection_dim).
@@ -319,6 +367,7 @@ class MclSTExpModel(MclSTExpPreTrainedModel):
         pixel_values: torch.Tensor | None = None,
         expression: torch.Tensor | None = None,
         positions: torch.Tensor | None = None,
+        image_features: torch.Tensor | None = None,
         return_loss: bool | None = True,
         return_dict: bool | None = True,
         **kwargs: Any,
@@ -327,7 +376,11 @@ class MclSTExpModel(MclSTExpPreTrainedModel):
             unknown = sorted(k for k in kwargs if k not in {"num_items_in_batch"})
             if unknown:
                 raise TypeError(f"MclSTExpModel.forward got unexpected inputs {unknown}.")
-        image_embeds = self.get_image_features(pixel_values) if pixel_values is not None else None
+        image_embeds = None
+        if pixel_values is not None or image_features is not None:
+            image_embeds = self.get_image_features(
+                pixel_values=pixel_values, image_features=image_features
+            ).pooler_output
         spot_embeds = (
             self.get_spot_features(expression, positions) if expression is not None else None
         )
@@ -337,10 +390,11 @@ class MclSTExpModel(MclSTExpPreTrainedModel):
             logits_per_image = logits_per_spot.T
             if return_loss:
                 loss = contrastive_loss(logits_per_spot)
-        elif return_loss and (pixel_values is not None or expression is not None):
+        elif return_loss and (image_embeds is not None or expression is not None):
             if self.training:
                 raise ValueError(
-                    "The contrastive loss needs both pixel_values and expression (+ positions)."
+                    "The contrastive loss needs pixel_values (or cached image_features) and "
+                    "expression (+ positions)."
                 )
         output = MclSTExpOutput(
             loss=loss,
@@ -419,11 +473,13 @@ class MclSTExpModel(MclSTExpPreTrainedModel):
         distance: str | None = None,
         weighting: str | None = None,
         chunk_size: int = 65536,
+        searcher: Any = None,
     ) -> MclSTExpPrediction:
         """Expression of query patches by retrieval from the attached spot bank.
 
-        Cosine top-k over bank embeddings, then a weighted average of the neighbours'
-        expression (config.retrieval_weighting over config.retrieval_distance by default).
+        Cosine top-k over bank embeddings (exact, or from `searcher`, e.g. a FAISS index of the
+        bank), then a weighted average of the neighbours' expression
+        (config.retrieval_weighting over config.retrieval_distance by default): `SpotBank.retrieve`.
         """
         if self.spot_bank is None:
             raise ValueError(
@@ -438,25 +494,16 @@ class MclSTExpModel(MclSTExpPreTrainedModel):
             was_training = self.training
             self.eval()
             try:
-                image_embeds = self.get_image_features(pixel_values)
+                image_embeds = self.get_image_features(pixel_values).pooler_output
             finally:
                 self.train(was_training)
         queries = image_embeds.detach().float().cpu()
         k = int(k if k is not None else self.config.retrieval_k)
         distance = distance or self.config.retrieval_distance
         weighting = weighting or self.config.retrieval_weighting
-        bank = self.spot_bank
-        _, indices = bank.search(queries, k, chunk_size=chunk_size)
-        from .spot_bank_mclstexp import QUERY_BLOCK, retrieval_weights
-
-        weight_blocks, expression_blocks = [], []
-        for start in range(0, queries.shape[0], QUERY_BLOCK):  # bounded (Q, k, D) memory
-            q = queries[start : start + QUERY_BLOCK]
-            idx = indices[start : start + QUERY_BLOCK]
-            w = retrieval_weights(q, bank.embeddings[idx], distance, weighting)
-            weight_blocks.append(w)
-            expression_blocks.append(torch.einsum("qk,qkg->qg", w, bank.expression[idx]))
-        weights, expression = torch.cat(weight_blocks), torch.cat(expression_blocks)
+        expression, indices, weights = self.spot_bank.retrieve(
+            queries, k, distance, weighting, chunk_size=chunk_size, searcher=searcher
+        )
         return MclSTExpPrediction(
             expression=expression,
             neighbour_indices=indices,
@@ -583,6 +630,7 @@ def contrastive_loss(logits_per_spot: torch.Tensor) -> torch.Tensor:
 __all__ = [
     "MclSTExpModel",
     "MclSTExpPreTrainedModel",
+    "MclSTExpImageOutput",
     "MclSTExpOutput",
     "MclSTExpPrediction",
     "contrastive_loss",

@@ -388,7 +388,7 @@ class MclSTExpPipeline(Pipeline):
                 patches = [reader.read_patch(cx, cy, size) for cx, cy in chunk]
                 pixels = self.image_processor(patches, return_tensors="pt")["pixel_values"]
                 pixels = pixels.to(device=self.device, dtype=self.dtype)
-                embeds = self.model.get_image_features(pixels)
+                embeds = self.model.get_image_features(pixels).pooler_output
                 pred = self.model.predict_expression(
                     image_embeds=embeds, k=k, distance=distance, weighting=weighting
                 )

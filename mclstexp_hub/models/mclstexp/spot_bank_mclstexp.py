@@ -195,6 +195,53 @@ class SpotBank:
         """
         return exact_cosine_topk(queries, self.embeddings, k, chunk_size=chunk_size)
 
+    def retrieve(
+        self,
+        queries: torch.Tensor,
+        k: int,
+        distance: str = "l1",
+        weighting: str = "inverse_square",
+        chunk_size: int = 65536,
+        searcher: Any = None,
+        indices: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The one retrieval loop: (expression (Q, G), neighbour indices (Q, k), weights (Q, k)).
+
+        Neighbours come from exact chunked cosine search, from `searcher` (any object with
+        `search(queries, k) -> (similarities, indices)`, e.g. a FAISS index built from this bank)
+        or from precomputed `indices`. Weights and the weighted mean are computed here, in
+        query blocks of `QUERY_BLOCK`, so the (Q, k, D) neighbour tensor stays bounded.
+        """
+        queries = torch.as_tensor(queries, dtype=torch.float32)
+        if queries.ndim != 2 or queries.shape[1] != self.embedding_dim:
+            raise ValueError(
+                f"Query embeddings must be (n, {self.embedding_dim}); got {tuple(queries.shape)}."
+            )
+        if indices is None:
+            if searcher is not None:
+                n_index, dim = len(searcher), getattr(searcher, "dim", self.embedding_dim)
+                if n_index != len(self) or dim != self.embedding_dim:
+                    raise ValueError(
+                        f"The index ({n_index} spots, dim {dim}) was not built from this bank "
+                        f"({len(self)} spots, dim {self.embedding_dim}); rebuild it from the bank."
+                    )
+                _check_k(k, len(self))
+                _, indices = searcher.search(queries, k)
+            else:
+                _, indices = self.search(queries, k, chunk_size=chunk_size)
+        indices = torch.as_tensor(indices, dtype=torch.int64)
+        weight_blocks, expression_blocks = [], []
+        for start in range(0, queries.shape[0], QUERY_BLOCK):
+            q = queries[start : start + QUERY_BLOCK]
+            idx = indices[start : start + QUERY_BLOCK]
+            w = retrieval_weights(q, self.embeddings[idx], distance, weighting)
+            weight_blocks.append(w)
+            expression_blocks.append(torch.einsum("qk,qkg->qg", w, self.expression[idx]))
+        if not weight_blocks:
+            empty = torch.empty(0, indices.shape[1] if indices.ndim == 2 else k)
+            return torch.empty(0, self.n_genes), indices.reshape(0, empty.shape[1]), empty
+        return torch.cat(expression_blocks), indices, torch.cat(weight_blocks)
+
     def predict(
         self,
         queries: torch.Tensor,
@@ -203,23 +250,10 @@ class SpotBank:
         weighting: str = "inverse_square",
         chunk_size: int = 65536,
         indices: torch.Tensor | None = None,
+        searcher: Any = None,
     ) -> torch.Tensor:
-        """Predicted expression (Q, G) for image embeddings `queries` (Q, D)."""
-        queries = torch.as_tensor(queries, dtype=torch.float32)
-        if queries.ndim != 2 or queries.shape[1] != self.embedding_dim:
-            raise ValueError(
-                f"Query embeddings must be (n, {self.embedding_dim}); got {tuple(queries.shape)}."
-            )
-        if indices is None:
-            _, indices = self.search(queries, k, chunk_size=chunk_size)
-        out = []
-        # Queries in blocks: the (Q, k, D) neighbour tensor would otherwise reach GBs.
-        for start in range(0, queries.shape[0], QUERY_BLOCK):
-            q = queries[start : start + QUERY_BLOCK]
-            idx = indices[start : start + QUERY_BLOCK]
-            weights = retrieval_weights(q, self.embeddings[idx], distance, weighting)
-            out.append(torch.einsum("qk,qkg->qg", weights, self.expression[idx]))
-        return torch.cat(out)
+        """Predicted expression (Q, G) for image embeddings `queries` (Q, D) (see `retrieve`)."""
+        return self.retrieve(queries, k, distance, weighting, chunk_size, searcher, indices)[0]
 
 
 def _check_k(k: int, n: int) -> None:
