@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from data_fixtures import tissue_image, write_pyramid_tiff, write_visium_outs
@@ -133,3 +135,81 @@ def test_large_pyramid_memory_stays_bounded(tmp_path):
     finally:
         tracemalloc.stop()
     assert peak < 64 * 2**20, f"peak {peak / 2**20:.0f} MiB"
+
+
+# ----------------------------------------------------------- the reference crop convention
+@pytest.mark.realdata
+def test_patches_equal_the_reference_pil_crop_on_real_her2st(her2st_dir, tmp_path, monkeypatch):
+    """Our patches, byte for byte, are the authors' crop: PIL crop at floor(pixel) ± 112.
+
+    Independent of our code path: PIL opens the JPEG itself and crops
+    (x - 112, y - 112, x + 112, y + 112) at x = floor(pixel_x), as their `dataset.py` does.
+    Checked through `data build` (the dataset's stored PNG patches) and the slide reader the
+    pipeline and `predict --tile` use.
+    """
+    import io
+
+    import pandas as pd
+
+    from mclstexp_hub.data.hf_dataset import build_patch_dataset, load_st_dataset
+    from mclstexp_hub.data.preprocess import preprocess_sections
+    from mclstexp_hub.data.readers.her2st import read_her2st
+
+    section = read_her2st(her2st_dir, ["C4"])[0]
+    image_path = section.uns["spatial"]["C4"]["metadata"]["image_path"]
+    raw = pd.read_csv(Path(her2st_dir) / "ST-spotfiles" / "C4_selection.tsv", sep="\t")
+    raw_xy = {(int(round(x)), int(round(y))): (px, py)
+              for x, y, px, py in raw[["x", "y", "pixel_x", "pixel_y"]].to_numpy()}
+    # centres straight from the spot file, keyed by spot id as the reader names spots
+    by_id = {sid: raw_xy[(int(ax), int(ay))] for sid, ax, ay in
+             section.obs[["spot_id", "array_x", "array_y"]].itertuples(index=False)}
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", None)  # the 9,300 × 9,900 px JPEG
+    with Image.open(image_path) as ref_img:
+        ref_img = ref_img.convert("RGB")
+
+        def reference(px: float, py: float) -> np.ndarray:
+            x, y = int(np.floor(px)), int(np.floor(py))
+            return np.asarray(ref_img.crop((x - 112, y - 112, x + 112, y + 112)))
+
+        # 1. the slide reader (pipeline, predict --tile)
+        with open_slide(image_path) as slide:
+            centres = [by_id[sid] for sid in section.obs["spot_id"]]
+            moved = 0
+            for cx, cy in centres:
+                ours = slide.read_patch(cx, cy, 224)
+                assert ours.tobytes() == reference(cx, cy).tobytes()
+                moved += int(np.floor(cx + 0.5) != np.floor(cx) or np.floor(cy + 0.5) != np.floor(cy))
+        assert moved > 0.5 * len(centres)  # most spots: the old rounding was 1 px off
+        # 2. data build → stored PNG patches
+        sub = preprocess_sections([section[::9].copy()], genes=list(section.var_names[:30]))
+        out = build_patch_dataset(sub, tmp_path / "ds", "her2st")
+        ds = load_st_dataset(out)
+        assert len(ds) == sub[0].n_obs
+        for row in ds:
+            png = row["image"]
+            stored = np.asarray(png.convert("RGB")) if hasattr(png, "convert") else np.asarray(
+                Image.open(io.BytesIO(png["bytes"])).convert("RGB"))
+            px, py = by_id[row["spot_id"]]
+            assert stored.tobytes() == reference(px, py).tobytes()
+
+
+def test_datasets_of_the_old_crop_convention_are_refused(tmp_path):
+    """A dataset without the current crop convention is refused with a rebuild message."""
+    import json
+
+    from mclstexp_hub.data.errors import DataError
+    from mclstexp_hub.data.hf_dataset import METADATA_FILE, load_dataset_metadata
+
+    folder = tmp_path / "old"
+    folder.mkdir()
+    meta = {"format_version": 1, "gene_names": ["A"], "sections": ["S1"],
+            "shards": {"S1": "data/x/S1.parquet"}, "n_spots": {"S1": 1}, "config_name": "x",
+            "transform": "log10_cp10k_panel"}
+    (folder / METADATA_FILE).write_text(json.dumps(meta))
+    with pytest.raises(DataError, match="crop convention.*Rebuild"):
+        load_dataset_metadata(folder)
+    meta["crop_convention"] = "floor-center-v1"
+    meta["shards"] = {"S1": "../elsewhere/S1.parquet"}
+    (folder / METADATA_FILE).write_text(json.dumps(meta))
+    with pytest.raises(DataError, match="leaves the dataset folder"):
+        load_dataset_metadata(folder)

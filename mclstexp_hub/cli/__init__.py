@@ -32,10 +32,13 @@ _COMMAND_MODULES: dict[str, str] = {
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The `mclstexp` parser with every shipped sub-command (cheap: no torch/transformers)."""
     parser = argparse.ArgumentParser(
         prog="mclstexp",
         description="mclSTExp: predict spatial gene expression from H&E histology.",
     )
+    parser.add_argument("--debug", action="store_true",
+                        help="print the full traceback of an error instead of one line")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for module_name in dict.fromkeys(_COMMAND_MODULES.values()):
@@ -50,11 +53,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one sub-command; user errors print one line (exit 2), or a traceback with --debug."""
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
     except (ValueError, FileNotFoundError, FileExistsError, KeyError) as exc:
+        if args.debug:
+            raise
         # user-facing errors carry the file/field and the fix in their message
         print(f"mclstexp {args.command}: error: {exc}", file=sys.stderr)
         return 2

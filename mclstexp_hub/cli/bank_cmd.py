@@ -5,6 +5,16 @@ from __future__ import annotations
 import argparse
 import os
 
+from ._options import (
+    add_batch_size_option,
+    add_command,
+    add_dataset_option,
+    add_overwrite_option,
+    add_quiet_option,
+    add_sections_option,
+    add_subcommands,
+)
+
 
 def _build(args: argparse.Namespace) -> int:
     from mclstexp_hub.data.hf_dataset import load_dataset_metadata, load_st_dataset
@@ -58,31 +68,30 @@ def _info(args: argparse.Namespace) -> int:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    bank = subparsers.add_parser("bank", help="build or inspect spot banks")
-    sub = bank.add_subparsers(dest="bank_command", metavar="SUBCOMMAND")
-    sub.required = True
-
-    build = sub.add_parser(
+    sub = add_subcommands(add_command(subparsers, "bank", "build or inspect spot banks"),
+                          "bank_command")
+    build = add_command(
+        sub,
         "build",
-        help="embed reference spots with a checkpoint's spot tower and save the bank",
-        description=(
+        "embed reference spots with a checkpoint's spot tower and save the bank",
+        (
             "Every spot of --dataset (optionally --sections) goes through the spot tower in "
             "consecutive runs of --batch-size spots in dataset order (32, as the reference); a "
             "spot's embedding depends on its run, so the batching is recorded in the bank."
         ),
     )
     build.add_argument("checkpoint", help="checkpoint folder or Hub model id")
-    build.add_argument("--dataset", required=True, help="patch dataset folder or Hub dataset id")
+    add_dataset_option(build)
     build.add_argument("--config", default=None, help="dataset config name")
-    build.add_argument("--sections", nargs="+", default=None, help="reference sections (default: all)")
-    build.add_argument("--batch-size", type=int, default=32, help="spots per attention sequence (32)")
+    add_sections_option(build, "reference sections (default: all)")
+    add_batch_size_option(build, 32, "spots per attention sequence (32)")
     build.add_argument(
         "--out", default=None, help="bank file or folder (default: CHECKPOINT/spot_bank.safetensors)"
     )
-    build.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
-    build.add_argument("--quiet", action="store_true")
+    add_overwrite_option(build, "replace an existing --out file")
+    add_quiet_option(build, None)
     build.set_defaults(func=_build)
 
-    info = sub.add_parser("info", help="print a bank's size and how it was built")
+    info = add_command(sub, "info", "print a bank's size and how it was built")
     info.add_argument("path", help="spot_bank.safetensors or a checkpoint folder")
     info.set_defaults(func=_info)

@@ -5,6 +5,10 @@ from __future__ import annotations
 import argparse
 import shlex
 
+from mclstexp_hub.presets import benchmark_datasets
+
+from ._options import add_batch_size_option, add_command, add_run_options, check_choice
+
 _ACTIONS: list[argparse.Action] = []
 
 
@@ -14,8 +18,6 @@ def command_line(args: argparse.Namespace) -> str:
     for action in _ACTIONS:
         value = getattr(args, action.dest, None)
         if value is None or value is False or action.dest in ("dataset", "command_line"):
-            continue
-        if action.dest == "methods" and list(value) == list(action.default):
             continue
         if action.dest == "seed" and value == action.default:
             continue
@@ -30,8 +32,12 @@ def command_line(args: argparse.Namespace) -> str:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from mclstexp_hub.benchmark.runner import BenchmarkOptions, run_benchmark
+    from mclstexp_hub.benchmark.frozen_features import BN_CALIBRATIONS
+    from mclstexp_hub.benchmark.runner import METHODS, BenchmarkOptions, run_benchmark
 
+    # choices that live in torch-importing modules are checked here, not by the parser
+    check_choice("--methods", args.methods, METHODS)
+    check_choice("--bn-calibration", args.bn_calibration, BN_CALIBRATIONS)
     opts = BenchmarkOptions(
         out=args.out,
         dataset=args.dataset,
@@ -52,7 +58,7 @@ def _run(args: argparse.Namespace) -> int:
         ridge_alpha=args.ridge_alpha,
         bn_calibration=args.bn_calibration,
         folds=args.folds,
-        methods=args.methods,
+        methods=args.methods or list(METHODS),
         keep_checkpoints=args.keep_checkpoints,
         overwrite=args.overwrite,
         seed=args.seed,
@@ -72,13 +78,11 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from mclstexp_hub.benchmark.frozen_features import BN_CALIBRATIONS
-    from mclstexp_hub.benchmark.runner import DATASET_KINDS, METHODS
-
-    p = subparsers.add_parser(
+    p = add_command(
+        subparsers,
         "benchmark",
-        help="train per fold, evaluate, and compare with baselines on the same folds",
-        description=(
+        "train per fold, evaluate, and compare with baselines on the same folds",
+        (
             "Builds the patch dataset (or reuses --dataset-dir), trains one model per fold, "
             "predicts the held-out sections by retrieval and writes RESULTS/summary.{json,md,csv} "
             "with mclSTExp next to three baselines (BLEEP-style ablation, top-k mean retrieval "
@@ -86,7 +90,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "paper's reported numbers."
         ),
     )
-    p.add_argument("dataset", choices=list(DATASET_KINDS))
+    p.add_argument("dataset", choices=list(benchmark_datasets()))
     p.add_argument("--data-dir", default=None, help="raw data folder (e.g. the her2st data/)")
     p.add_argument("--genes", default=None, help="gene panel file (e.g. her2st_785.txt)")
     p.add_argument("--sections", nargs="+", default=None,
@@ -99,7 +103,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--dataset-dir", default=None,
                    help="an already built patch dataset (default: build into RESULTS/dataset)")
     p.add_argument("--epochs", type=int, default=None, help="override the profile's epochs")
-    p.add_argument("--batch-size", type=int, default=None, help="override the profile's batch")
+    add_batch_size_option(p, None, "override the profile's batch")
     p.add_argument("--learning-rate", type=float, default=None)
     p.add_argument("--n-feature-views", type=int, default=None,
                    help="augmented feature views per spot (frozen-encoder profiles)")
@@ -113,17 +117,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--ridge-alpha", default="hest",
                    help="HEST probe penalty: 'hest' (100/(256*genes), HEST-Benchmark's), 'cv' "
                         "(chosen by CV over the training sections) or a number")
-    p.add_argument("--bn-calibration", choices=list(BN_CALIBRATIONS), default=None,
-                   help="where a frozen random encoder's BatchNorm statistics come from: all "
-                        "sections (default for cpu), each fold's training sections, or none")
+    p.add_argument("--bn-calibration", default=None,
+                   help="where a frozen random encoder's BatchNorm statistics come from: 'all' "
+                        "sections (default for cpu), each fold's 'train' sections, or 'none'")
     p.add_argument("--folds", type=int, nargs="+", default=None,
                    help="run only these fold numbers (default: all)")
-    p.add_argument("--methods", nargs="+", choices=list(METHODS), default=list(METHODS))
+    p.add_argument("--methods", nargs="+", default=None,
+                   help="methods to compare (default: all of mclstexp_hub.benchmark.runner.METHODS)")
     p.add_argument("--keep-checkpoints", action="store_true",
                    help="keep every fold's checkpoint (default: only the first fold's)")
-    p.add_argument("--overwrite", action="store_true", help="replace a finished RESULTS folder")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_run_options(p, overwrite="replace a finished RESULTS folder", seed=True)
     p.add_argument("--command-line", default=None, help=argparse.SUPPRESS)
     p.set_defaults(func=_run)
     _ACTIONS[:] = [a for a in p._actions if a.option_strings and a.dest != "help"]

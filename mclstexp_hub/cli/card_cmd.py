@@ -5,6 +5,10 @@ from __future__ import annotations
 import argparse
 import sys
 
+from mclstexp_hub.presets import preset_names
+
+from ._options import add_command, add_out_option
+
 
 def _card(args: argparse.Namespace) -> int:
     from mclstexp_hub.hub.cards import render_card, write_card
@@ -27,21 +31,20 @@ def _card(args: argparse.Namespace) -> int:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from mclstexp_hub.hub.cards import DATASETS
-
-    card = subparsers.add_parser(
+    card = add_command(
+        subparsers,
         "card",
-        help="write a model card (YAML metadata + text) from a benchmark results directory",
-        description=(
+        "write a model card (YAML metadata + text) from a benchmark results directory",
+        (
             "RESULTS_DIR is the --out of `mclstexp benchmark` (its summary.json). Only its measured "
             "mclSTExp figures go into the model-index; the paper's figures appear in the text, "
             "labelled. Without RESULTS_DIR the card says plainly that nothing was measured."
         ),
     )
     card.add_argument("results_dir", nargs="?", default=None, help="benchmark output folder")
-    card.add_argument("--dataset", choices=sorted(DATASETS), default=None,
+    card.add_argument("--dataset", choices=sorted(preset_names()), default=None,
                       help="paper dataset (taken from RESULTS_DIR when given)")
-    card.add_argument("--out", required=True, help="card file to write, or - for stdout")
+    add_out_option(card, "card file to write, or - for stdout")
     card.add_argument("--repo-id", default=None,
                       help="repository the card's code examples load (default "
                       "mclstexp-hub/mclstexp-DATASET)")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from ._options import add_command, add_out_option, add_run_options, add_subcommands, option_values
+
 
 def _build(args: argparse.Namespace) -> int:
     from mclstexp_hub.data.build import build_dataset
@@ -12,20 +14,13 @@ def _build(args: argparse.Namespace) -> int:
         args.kind,
         args.data_dir,
         args.out,
-        sections=args.sections,
-        genes_file=args.genes,
-        transform=args.transform,
-        fill_missing=args.fill_missing_genes,
-        patch_size=args.patch_size,
-        target_mpp=args.target_mpp,
-        source_mpp=args.source_mpp,
-        image=args.image,
-        overwrite=args.overwrite,
-        dataset_name=args.name,
-        license=args.license,
-        n_top=args.n_top,
-        min_spots=args.min_spots,
-        flavor=args.hvg_flavor,
+        **option_values(
+            args,
+            ("sections", "transform", "patch_size", "target_mpp", "source_mpp", "image",
+             "overwrite", "license", "n_top", "min_spots"),
+            genes_file="genes", fill_missing="fill_missing_genes", dataset_name="name",
+            flavor="hvg_flavor",
+        ),
         progress=not args.quiet,
     )
     print(f"wrote {out}")
@@ -41,23 +36,22 @@ def _push(args: argparse.Namespace) -> int:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from mclstexp_hub.data.preprocess import DEFAULT_TRANSFORM, HVG_FLAVORS, TRANSFORMS
+    from mclstexp_hub.data.transforms import DEFAULT_TRANSFORM, HVG_FLAVORS, TRANSFORMS
 
-    data = subparsers.add_parser("data", help="build and upload patch datasets")
-    sub = data.add_subparsers(dest="data_command", metavar="SUBCOMMAND")
-    sub.required = True
-
-    build = sub.add_parser(
+    sub = add_subcommands(add_command(subparsers, "data", "build and upload patch datasets"),
+                          "data_command")
+    build = add_command(
+        sub,
         "build",
-        help="read raw sections, preprocess expression, cut patches, write parquet + card",
-        description=(
+        "read raw sections, preprocess expression, cut patches, write parquet + card",
+        (
             "her2st: --data-dir is the her2st 'data/' folder; cscc: the GEO GSE144240 files; "
             "visium: Space Ranger outs/ (+ --image); h5ad: the .h5ad file (+ --image)."
         ),
     )
     build.add_argument("kind", choices=["her2st", "cscc", "visium", "h5ad"])
     build.add_argument("--data-dir", required=True, help="input folder (or .h5ad file)")
-    build.add_argument("--out", required=True, help="output dataset folder")
+    add_out_option(build, "output dataset folder")
     build.add_argument("--sections", nargs="+", default=None, help="sections to include")
     build.add_argument(
         "--genes", default=None, help="ordered gene panel (.txt one per line / .npy)"
@@ -82,16 +76,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="µm/pixel of the full-resolution image(s), overriding the readers' estimate",
     )
     build.add_argument("--image", default=None, help="full-resolution image (visium/h5ad)")
-    build.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     build.add_argument("--name", default=None, help="config/dataset name (default: the kind)")
     build.add_argument("--license", default=None, help="licence terms of the source data")
     build.add_argument("--n-top", type=int, default=1000, help="recipe: HVGs per section")
     build.add_argument("--min-spots", type=int, default=1000, help="recipe: min expressing spots")
     build.add_argument("--hvg-flavor", choices=list(HVG_FLAVORS), default="seurat")
-    build.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_run_options(build, quiet="no progress bar")
     build.set_defaults(func=_build)
 
-    push = sub.add_parser("push", help="upload a built dataset folder to a Hub dataset repo")
+    push = add_command(sub, "push", "upload a built dataset folder to a Hub dataset repo")
     push.add_argument("dataset_dir")
     push.add_argument("repo_id")
     push.add_argument("--private", action="store_true")

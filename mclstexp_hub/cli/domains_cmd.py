@@ -6,6 +6,8 @@ import argparse
 import json
 from pathlib import Path
 
+from ._options import add_command, add_overwrite_option, add_seed_option
+
 
 def _domains(args: argparse.Namespace) -> int:
     import anndata as ad
@@ -58,16 +60,16 @@ def _domains(args: argparse.Namespace) -> int:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser(
-        "domains",
-        help="spatial domains of a prediction: PCA → k-means, cluster map, ARI/NMI vs labels",
+    p = add_command(
+        subparsers, "domains",
+        "spatial domains of a prediction: PCA → k-means, cluster map, ARI/NMI vs labels",
     )
     p.add_argument("prediction", help="pred.h5ad written by `mclstexp predict`")
     p.add_argument("--n-clusters", type=int, required=True, help="number of domains K")
     p.add_argument("--labels", help="obs column of the prediction, or a CSV/TSV with spot_id + "
                                     "label or pixel_x, pixel_y + label (pathologist regions)")
     p.add_argument("--n-pcs", type=int, default=30, help="principal components (30)")
-    p.add_argument("--seed", type=int, default=0)
+    add_seed_option(p)
     p.add_argument("--out-dir", help="folder for PNG/CSV/JSON (default: next to the prediction)")
-    p.add_argument("--overwrite", action="store_true")
+    add_overwrite_option(p, None)
     p.set_defaults(func=_domains)

@@ -4,15 +4,27 @@ from __future__ import annotations
 
 import argparse
 
+from ._options import (
+    add_batch_size_option,
+    add_command,
+    add_dataset_option,
+    add_k_option,
+    add_model_option,
+    add_out_option,
+    add_quiet_option,
+    add_sections_option,
+    option_values,
+)
+
 
 def _run(args: argparse.Namespace) -> int:
     from mclstexp_hub.evaluation.evaluate import evaluate_checkpoint
     from mclstexp_hub.evaluation.metrics import average_metrics
 
     results, paths = evaluate_checkpoint(
-        args.model, args.dataset, args.sections, args.out, k=args.k, distance=args.distance,
-        weighting=args.weighting, batch_size=args.batch_size,
-        allow_bank_overlap=args.allow_bank_overlap, n_map_genes=args.n_map_genes,
+        args.model, args.dataset, args.sections, args.out,
+        **option_values(args, ("k", "distance", "weighting", "batch_size", "allow_bank_overlap",
+                               "n_map_genes")),
         progress=not args.quiet,
     )
     print(f"{'section':<10} {'spots':>6} {'PCC(ACG)':>9} {'PCC(HEG)':>9} {'PCC(HVG)':>9} "
@@ -29,26 +41,26 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser(
+    p = add_command(
+        subparsers,
         "evaluate",
-        help="predict held-out sections with a checkpoint and write metrics (JSON/CSV/PNG)",
-        description=(
+        "predict held-out sections with a checkpoint and write metrics (JSON/CSV/PNG)",
+        (
             "Embeds every patch of the chosen sections with the checkpoint's image tower, "
             "predicts expression by retrieval from its spot bank, and writes per-gene Pearson "
             "r, PCC(ACG/HEG/HVG), MSE and MAE per section and averaged, with figures."
         ),
     )
-    p.add_argument("--model", required=True, help="checkpoint folder (with spot_bank.safetensors)")
-    p.add_argument("--dataset", required=True, help="patch dataset folder or Hub dataset id")
-    p.add_argument("--sections", nargs="+", default=None,
-                   help="held-out sections to score (default: all sections of the dataset)")
-    p.add_argument("--out", required=True, help="output folder for metrics and figures")
-    p.add_argument("--k", type=int, default=None, help="retrieval k (default: the model's)")
+    add_model_option(p, "checkpoint folder (with spot_bank.safetensors)")
+    add_dataset_option(p)
+    add_sections_option(p, "held-out sections to score (default: all sections of the dataset)")
+    add_out_option(p, "output folder for metrics and figures")
+    add_k_option(p)
     p.add_argument("--distance", choices=["l1", "l2", "cosine"], default=None)
     p.add_argument("--weighting", choices=["inverse_square", "mean", "softmax"], default=None)
-    p.add_argument("--batch-size", type=int, default=64, help="patches per image-tower batch")
+    add_batch_size_option(p, 64, "patches per image-tower batch")
     p.add_argument("--n-map-genes", type=int, default=4, help="best genes drawn per section map")
     p.add_argument("--allow-bank-overlap", action="store_true",
                    help="score sections that are in the model's bank (not a held-out estimate)")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_quiet_option(p)
     p.set_defaults(func=_run)

@@ -4,6 +4,17 @@ from __future__ import annotations
 
 import argparse
 
+from ._options import (
+    add_batch_size_option,
+    add_command,
+    add_device_option,
+    add_k_option,
+    add_model_option,
+    add_out_option,
+    add_run_options,
+    option_values,
+)
+
 
 def _predict(args: argparse.Namespace) -> int:
     from mclstexp_hub.prediction.predict import predict_to_h5ad
@@ -13,19 +24,10 @@ def _predict(args: argparse.Namespace) -> int:
         args.image,
         args.out,
         spots_csv=args.spots,
-        visium=args.visium,
-        tile=args.tile,
         plot_genes=args.plot or (),
-        plot_dir=args.plot_dir,
-        observed=args.observed,
-        batch_size=args.batch_size,
-        device=args.device,
-        revision=args.revision,
-        k=args.k,
-        library_id=args.library_id,
-        tile_pitch=args.tile_pitch,
-        min_tissue_fraction=args.min_tissue_fraction,
-        overwrite=args.overwrite,
+        **option_values(args, ("visium", "tile", "plot_dir", "observed", "batch_size", "device",
+                               "revision", "k", "library_id", "tile_pitch",
+                               "min_tissue_fraction", "overwrite")),
         progress=not args.quiet,
     )
     adata = result.adata
@@ -44,10 +46,11 @@ def _predict(args: argparse.Namespace) -> int:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser(
+    p = add_command(
+        subparsers,
         "predict",
-        help="predict spatial gene expression of a slide into an AnnData (.h5ad)",
-        description=(
+        "predict spatial gene expression of a slide into an AnnData (.h5ad)",
+        (
             "Predict expression at spot positions of an H&E slide with an mclSTExp checkpoint "
             "(directory or Hub id) and write scanpy-ready AnnData: var_names = genes, X = "
             "prediction in the checkpoint's units, obsm['spatial'] in full-resolution pixels, "
@@ -56,28 +59,26 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "--visium OUTS_DIR (Space Ranger) or --tile (grid over the tissue)."
         ),
     )
-    p.add_argument("--model", required=True, help="checkpoint directory or Hub model id")
+    add_model_option(p)
     p.add_argument("--image", required=True, help="full-resolution H&E image (JPEG/PNG/TIFF/SVS)")
     where = p.add_mutually_exclusive_group(required=True)
     where.add_argument("--spots", help="CSV/TSV with pixel_x, pixel_y (full-res centres), spot_id")
     where.add_argument("--visium", help="Space Ranger outs/ folder (positions + scale factors)")
     where.add_argument("--tile", action="store_true",
                        help="no spot table: a regular grid over the tissue at spot pitch")
-    p.add_argument("--out", required=True, help="output .h5ad (written atomically)")
+    add_out_option(p, "output .h5ad (written atomically)")
     p.add_argument("--plot", nargs="+", metavar="GENE", help="write a PNG map for these genes")
     p.add_argument("--plot-dir", help="folder for the PNGs (default: OUT_STEM_maps/ next to --out)")
     p.add_argument("--observed", help="raw counts of the same spots (.h5ad, ST-cnts .tsv.gz, "
                                       "Space Ranger outs/): adds layers['observed'] and Pearson r")
-    p.add_argument("--batch-size", type=int, default=32, help="patches per forward pass (32)")
-    p.add_argument("--device", choices=["cpu", "cuda"], default=None,
-                   help="default: cuda when available, else cpu")
+    add_batch_size_option(p, 32, "patches per forward pass (32)")
+    add_device_option(p)
     p.add_argument("--revision", help="Hub revision (branch, tag or commit) of --model")
-    p.add_argument("--k", type=int, default=None, help="neighbours retrieved (default: config)")
+    add_k_option(p, "neighbours retrieved (default: config)")
     p.add_argument("--library-id", help="key under uns['spatial'] (default: image file stem)")
     p.add_argument("--tile-pitch", type=float, default=None,
                    help="--tile grid pitch in full-res pixels (default: the model's patch size)")
     p.add_argument("--min-tissue-fraction", type=float, default=0.5,
                    help="--tile: keep grid points with at least this tissue under the patch")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_run_options(p, quiet="no progress bar")
     p.set_defaults(func=_predict)

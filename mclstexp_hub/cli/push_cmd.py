@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from ._options import add_command
+
 
 def _push(args: argparse.Namespace) -> int:
     from mclstexp_hub.hub.push import push_checkpoint
@@ -32,10 +34,11 @@ def _push(args: argparse.Namespace) -> int:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    push = subparsers.add_parser(
+    push = add_command(
+        subparsers,
         "push",
-        help="upload a checkpoint (weights, spot bank, processor, code) then its model card",
-        description=(
+        "upload a checkpoint (weights, spot bank, processor, code) then its model card",
+        (
             "Uploads everything a checkpoint directory holds (minus training leftovers) in one "
             "commit and the model card in a second, last commit. Missing image-processor config "
             "and pipeline/remote code are derived from the installed package unless "

@@ -5,6 +5,15 @@ from __future__ import annotations
 import argparse
 import os
 
+from ._options import (
+    add_batch_size_option,
+    add_command,
+    add_dataset_option,
+    add_out_option,
+    add_quiet_option,
+    add_seed_option,
+)
+
 
 def _train(args: argparse.Namespace) -> int:
     from mclstexp_hub.data.hf_dataset import load_dataset_metadata, load_st_dataset
@@ -70,16 +79,17 @@ def _train(args: argparse.Namespace) -> int:
 def register(subparsers: argparse._SubParsersAction) -> None:
     from mclstexp_hub.training.profiles import DATASET_PRESETS, PROFILE_NAMES
 
-    p = subparsers.add_parser(
+    p = add_command(
+        subparsers,
         "train",
-        help="train mclSTExp on a patch dataset; writes weights + spot bank + image processor",
-        description=(
+        "train mclSTExp on a patch dataset; writes weights + spot bank + image processor",
+        (
             "Profiles: 'paper' = the authors' recipe (end-to-end, 90 epochs on HER2+); 'cpu' = "
             "frozen image encoder with cached features of augmented views, spot tower + heads "
             "trained (a documented deviation; see docs/training.md). Options override the profile."
         ),
     )
-    p.add_argument("--dataset", required=True, help="patch dataset folder or Hub dataset repo id")
+    add_dataset_option(p, "patch dataset folder or Hub dataset repo id")
     p.add_argument("--config", default=None, help="dataset config name (default: the dataset's)")
     p.add_argument(
         "--preset",
@@ -88,10 +98,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="paper settings for this dataset (retrieval k, epochs); default: --config",
     )
     p.add_argument("--train-sections", nargs="*", default=None, help="sections to train on (default: all)")
-    p.add_argument("--out", required=True, help="checkpoint folder to write")
+    add_out_option(p, "checkpoint folder to write")
     p.add_argument("--profile", choices=list(PROFILE_NAMES), default="paper")
     p.add_argument("--epochs", type=int, default=None)
-    p.add_argument("--batch-size", type=int, default=None, help="spots per batch = per attention sequence")
+    add_batch_size_option(p, None, "spots per batch = per attention sequence")
     p.add_argument("--lr", type=float, default=None, help="learning rate")
     p.add_argument("--weight-decay", type=float, default=None)
     p.add_argument("--image-encoder", default=None, help="timm model name (default densenet121)")
@@ -119,8 +129,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--max-position", type=int, default=None, help="rows per position table (default: from data)")
     p.add_argument("--retrieval-k", type=int, default=None)
-    p.add_argument("--seed", type=int, default=0)
+    add_seed_option(p)
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out")
     p.add_argument("--keep-checkpoints", action="store_true", help="keep Trainer checkpoints after success")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_quiet_option(p)
     p.set_defaults(func=_train)

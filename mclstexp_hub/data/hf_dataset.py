@@ -37,11 +37,12 @@ from PIL import Image as PILImage
 
 from .errors import DataError, preview
 from .patches import iter_patches, window_size
-from ..models.mclstexp.slide_io_mclstexp import PAD_VALUE, open_slide
+from ..models.mclstexp.slide_io_mclstexp import CROP_CONVENTION, PAD_VALUE, open_slide
 
 METADATA_FILE = "mclstexp_dataset.json"
 GENES_FILE = "genes.txt"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+"""2: patches cut with `CROP_CONVENTION` (floor centres, the reference's crop); 1: rounded."""
 
 
 def patch_features(n_genes: int):
@@ -326,6 +327,7 @@ def build_patch_dataset(
             "mpp": target_mpp,
             "resampling": "PIL Lanczos" if target_mpp is not None else None,
             "pad_value": PAD_VALUE,
+            "crop_convention": CROP_CONVENTION,
             "image_encoding": "PNG (lossless)",
             "source": source
             or str(adatas[0].uns["spatial"][sections[0]]["metadata"].get("source")),
@@ -383,13 +385,21 @@ def resolve_dataset_dir(
     )
 
 
+_REQUIRED_META = ("gene_names", "sections", "shards", "n_spots", "config_name", "transform")
+
+
 def load_dataset_metadata(
     path_or_repo_id: str | Path,
     revision: str | None = None,
     cache_dir: str | Path | None = None,
     local_files_only: bool = False,
 ) -> dict[str, Any]:
-    """The dataset's ``mclstexp_dataset.json`` (genes, transform, units, sections …)."""
+    """The dataset's ``mclstexp_dataset.json`` (genes, transform, units, sections …), checked.
+
+    Refused with a DataError naming the file: invalid JSON, missing fields, shard paths that
+    are absolute or leave the folder, sections without a shard, and datasets cut with another
+    crop convention than `CROP_CONVENTION` (they would train on pixels 1 px off the reference).
+    """
     root = resolve_dataset_dir(path_or_repo_id, revision, cache_dir, local_files_only)
     path = root / METADATA_FILE
     if not path.is_file():
@@ -397,7 +407,96 @@ def load_dataset_metadata(
             f"{path} not found: {root} is not an mclstexp patch dataset (build one with "
             "`mclstexp data build`)"
         )
-    return json.loads(path.read_text(encoding="utf-8"))
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DataError(
+            f"{path}: not valid JSON ({exc}); rebuild the dataset with `mclstexp data build`"
+        ) from None
+    if not isinstance(meta, dict):
+        raise DataError(f"{path}: expected a JSON object; rebuild with `mclstexp data build`")
+    missing = [k for k in _REQUIRED_META if k not in meta]
+    if missing:
+        raise DataError(
+            f"{path}: missing field(s) {missing}; rebuild the dataset with `mclstexp data build`"
+        )
+    if meta.get("crop_convention") != CROP_CONVENTION:
+        raise DataError(
+            f"{path}: built with crop convention {meta.get('crop_convention') or 'rounded centres (format 1)'!r}, "
+            f"not {CROP_CONVENTION!r} (centre = floor(pixel), as the authors' code): its patches "
+            "are 1 px off the reference for most spots. Rebuild it: `mclstexp data build ... "
+            "--out <same folder> --overwrite`"
+        )
+    shards = meta["shards"]
+    if not isinstance(shards, dict) or not isinstance(meta["sections"], list):
+        raise DataError(f"{path}: 'shards' must map section → file and 'sections' be a list")
+    resolved_root = root.resolve()
+    for section in meta["sections"]:
+        if section not in shards:
+            raise DataError(f"{path}: section {section!r} has no entry in 'shards'")
+    for section, rel in shards.items():
+        rel_path = Path(str(rel))
+        target = (root / rel_path).resolve()
+        if rel_path.is_absolute() or ".." in rel_path.parts or not target.is_relative_to(
+            resolved_root
+        ):
+            raise DataError(
+                f"{path}: shard path {rel!r} of section {section!r} is absolute or leaves the "
+                "dataset folder; shard paths must be relative paths inside it"
+            )
+    return meta
+
+
+def _content_fingerprint(files: Sequence[Path]) -> str:
+    """SHA-256 over the shards' bytes: the identity of what a load returns."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for f in files:
+        digest.update(f.name.encode())
+        with open(f, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def _read_checked_shards(root: Path, meta: dict[str, Any], sections: Sequence[str], schema):
+    """Arrow table of the shards of ``sections``, each verified against the metadata."""
+    tables = []
+    for section in sections:
+        shard = root / meta["shards"][section]
+        if not shard.is_file():
+            raise DataError(
+                f"{shard}: shard of section {section!r} is missing; re-download or rebuild "
+                "the dataset"
+            )
+        try:
+            table = pq.read_table(shard)
+        except (pa.ArrowException, OSError) as exc:
+            raise DataError(
+                f"{shard}: not a readable parquet shard ({exc}); re-download or rebuild the "
+                "dataset"
+            ) from None
+        expected = meta["n_spots"].get(section) if isinstance(meta["n_spots"], dict) else None
+        if expected is not None and table.num_rows != int(expected):
+            raise DataError(
+                f"{shard}: {table.num_rows} rows but the metadata says {expected} spots for "
+                f"section {section!r}; the folder was modified — rebuild it"
+            )
+        if "section" in table.column_names:
+            found = set(table.column("section").to_pylist())
+            if found != {section}:
+                raise DataError(
+                    f"{shard}: holds section(s) {sorted(found)} but the metadata maps it to "
+                    f"{section!r}; the folder was modified — rebuild it"
+                )
+        try:
+            tables.append(table.select(schema.names).cast(schema))
+        except (pa.ArrowException, KeyError) as exc:
+            raise DataError(
+                f"{shard}: columns do not match the dataset features ({exc}); rebuild it"
+            ) from None
+    return pa.concat_tables(tables)
 
 
 def load_st_dataset(
@@ -411,8 +510,16 @@ def load_st_dataset(
     local_files_only: bool = False,
 ):
     """Load a patch dataset from a folder or the Hub as ``datasets.Dataset`` (or
-    ``IterableDataset`` with ``streaming=True``), optionally only some ``sections``."""
+    ``IterableDataset`` with ``streaming=True``), optionally only some ``sections``.
+
+    The shards are read directly and checked against the metadata (rows per section, section
+    names), and the dataset's fingerprint is the SHA-256 of their bytes. `datasets`' own folder
+    loader keys its cache on the folder *name*, so two folders called alike, or one rebuilt in
+    place, would return stale rows; this loader cannot. ``cache_dir`` only matters for Hub
+    downloads.
+    """
     import datasets
+    from datasets.table import InMemoryTable
 
     root = resolve_dataset_dir(path_or_repo_id, revision, cache_dir, local_files_only)
     meta = load_dataset_metadata(root)
@@ -426,21 +533,27 @@ def load_st_dataset(
         unknown = [s for s in sections if s not in meta["shards"]]
         if unknown:
             raise DataError(f"{root}: section(s) {preview(unknown)} not in {meta['sections']}")
-        files = [str(root / meta["shards"][s]) for s in sections]
+        chosen = list(dict.fromkeys(sections))
+    else:
+        chosen = list(meta["sections"])
+    files = [root / meta["shards"][s] for s in chosen]
+    if streaming:
+        for section, shard in zip(chosen, files, strict=True):
+            if not shard.is_file():
+                raise DataError(f"{shard}: shard of section {section!r} is missing; rebuild")
         return datasets.load_dataset(
             "parquet",
-            data_files={split: files},
+            data_files={split: [str(f) for f in files]},
             split=split,
-            streaming=streaming,
+            streaming=True,
             features=features,
-            cache_dir=None if cache_dir is None else str(cache_dir),
         )
-    return datasets.load_dataset(
-        str(root),
-        config,
-        split=split,
-        streaming=streaming,
-        cache_dir=None if cache_dir is None else str(cache_dir),
+    table = _read_checked_shards(root, meta, chosen, features.arrow_schema)
+    return datasets.Dataset(
+        InMemoryTable(table),
+        info=datasets.DatasetInfo(features=features, config_name=config),
+        split=datasets.Split.TRAIN,
+        fingerprint=_content_fingerprint(files)[:32],
     )
 
 

@@ -27,15 +27,9 @@ import scipy.sparse as sp
 
 from .errors import DataError, preview
 from .safe_npy import load_npy_safely
+from .transforms import DEFAULT_TRANSFORM, HVG_FLAVORS, TRANSFORMS  # noqa: F401 (re-exported)
 
 logger = logging.getLogger(__name__)
-
-TRANSFORMS: dict[str, str] = {
-    "log10_cp10k_panel": "log10(1 + 1e4 * count / panel total)",
-    "ln_cpm_panel": "ln(1 + 1e6 * count / panel total)",
-}
-DEFAULT_TRANSFORM = "log10_cp10k_panel"
-HVG_FLAVORS = ("seurat", "cell_ranger", "seurat_v3")
 
 
 def read_gene_panel(path: str | Path) -> list[str]:

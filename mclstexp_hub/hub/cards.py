@@ -26,6 +26,8 @@ from typing import Any
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
+from ..presets import DatasetPreset, list_presets
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_TEMPLATE = REPO_ROOT / "model_cards" / "template.md"
 DEFAULT_ORG = "mclstexp-hub"
@@ -87,68 +89,28 @@ class DatasetInfo:
     patient_structure: str
 
 
-DATASETS: dict[str, DatasetInfo] = {
-    "her2st": DatasetInfo(
-        key="her2st",
-        title="HER2-positive breast tumours (Andersson et al. 2021)",
-        short="HER2+",
-        platform="Spatial Transcriptomics (ST), 100 µm spots on a 2-D array grid",
-        source="github.com/almaan/her2st (counts, spot files, H&E images)",
-        data_citation=(
-            "Andersson A. et al. Spatial deconvolution of HER2-positive breast cancer delineates "
-            "tumor-associated cell type interactions. Nat Commun 12, 6012 (2021)."
-        ),
-        sections="36 sections of 8 patients (A-H); the paper evaluates 32 of them (A2-G3, 7 patients)",
-        n_genes=785,
-        panel_file="her2st_785.txt",
-        retrieval_k=200,
-        paper_epochs=90,
-        paper_acg=0.2304,
-        paper_heg=0.3866,
-        paper_split="leave-one-section-out over 32 sections",
-        patient_structure="3 or 6 sections per patient",
-    ),
-    "cscc": DatasetInfo(
-        key="cscc",
-        title="Human cutaneous squamous cell carcinoma (Ji et al. 2020, GSE144240)",
-        short="cSCC",
-        platform="Spatial Transcriptomics (ST) sections, 100 µm spots",
-        source="GEO GSE144240",
-        data_citation=(
-            "Ji A. L. et al. Multimodal analysis of composition and spatial architecture in human "
-            "squamous cell carcinoma. Cell 182, 497-514 (2020)."
-        ),
-        sections="12 sections: 4 patients x 3 replicates",
-        n_genes=171,
-        panel_file="cscc_171.txt",
-        retrieval_k=200,
-        paper_epochs=90,
-        paper_acg=0.3235,
-        paper_heg=0.4261,
-        paper_split="leave-one-section-out over 12 sections",
-        patient_structure="3 replicate sections per patient",
-    ),
-    "alex10x": DatasetInfo(
-        key="alex10x",
-        title="Breast cancer Visium: Swarbrick laboratory (Wu et al. 2021) + 10x Genomics",
-        short="Alex+10x",
-        platform="10x Genomics Visium, 55 µm spots",
-        source="doi.org/10.48610/4fb74a9 (Swarbrick laboratory) and 10x Genomics public datasets",
-        data_citation=(
-            "Wu S. Z. et al. A single-cell and spatially resolved atlas of human breast cancers. "
-            "Nat Genet 53, 1334-1347 (2021); 10x Genomics Visium breast cancer datasets."
-        ),
-        sections="9 sections: 6 Swarbrick-laboratory samples and 3 10x Genomics samples",
-        n_genes=685,
-        panel_file="alex10x_685.txt",
-        retrieval_k=2400,
-        paper_epochs=15,
-        paper_acg=0.1949,
-        paper_heg=0.3611,
-        paper_split="leave-one-section-out over 9 sections",
-        patient_structure="two of the 10x sections are serial sections of one block",
-    ),
-}
+def _dataset_info(preset: DatasetPreset) -> DatasetInfo:
+    """The card's view of a registry preset (mclstexp_hub.presets holds the facts)."""
+    return DatasetInfo(
+        key=preset.name,
+        title=preset.title,
+        short=preset.short,
+        platform=preset.platform,
+        source=preset.source,
+        data_citation=preset.data_citation,
+        sections=preset.sections_text,
+        n_genes=preset.n_genes,
+        panel_file=preset.gene_list_file,
+        retrieval_k=preset.retrieval_k,
+        paper_epochs=preset.epochs,
+        paper_acg=preset.paper_acg,
+        paper_heg=preset.paper_heg,
+        paper_split=preset.paper_split,
+        patient_structure=preset.patient_structure,
+    )
+
+
+DATASETS: dict[str, DatasetInfo] = {p.name: _dataset_info(p) for p in list_presets()}
 
 
 CARD_METHOD = "mclstexp"

@@ -4,14 +4,36 @@ Hub-bound remote code: imports only third-party packages (and, relatively, its s
 Defaults follow the paper and the authors' public code; every deviation is a named field.
 """
 
-from __future__ import annotations
+
+from functools import wraps
+from typing import Literal, get_args
 
 from huggingface_hub.dataclasses import strict
+from huggingface_hub.errors import StrictDataclassError
 from transformers import PreTrainedConfig
 
-RETRIEVAL_DISTANCES = ("l1", "l2", "cosine")
-RETRIEVAL_WEIGHTINGS = ("inverse_square", "mean", "softmax")
-PIXEL_SCALINGS = ("unit", "imagenet")
+RetrievalDistance = Literal["l1", "l2", "cosine"]
+RetrievalWeighting = Literal["inverse_square", "mean", "softmax"]
+PixelScaling = Literal["unit", "imagenet"]
+
+# The one list of allowed values per field: read from the field types above.
+RETRIEVAL_DISTANCES: tuple[str, ...] = get_args(RetrievalDistance)
+RETRIEVAL_WEIGHTINGS: tuple[str, ...] = get_args(RetrievalWeighting)
+PIXEL_SCALINGS: tuple[str, ...] = get_args(PixelScaling)
+
+MAX_POSITION_LIMIT = 1 << 20
+"""Largest `max_position` accepted: two (max_position, n_genes) float tables must stay sane
+(1,048,576 rows × 785 genes × 4 B × 2 ≈ 6.6 GB is already far beyond any ST array)."""
+
+_POSITIVE_INT_FIELDS = (
+    "projection_dim", "spot_encoder_heads", "spot_encoder_head_dim", "max_position",
+    "retrieval_k", "patch_size",
+)
+_OPTIONAL_POSITIVE_INT_FIELDS = ("image_feature_dim", "spot_encoder_mlp_dim")
+
+
+class MclSTExpConfigError(ValueError):
+    """A config field has a value the model cannot use (the message names the field)."""
 
 
 @strict
@@ -32,7 +54,8 @@ class MclSTExpConfig(PreTrainedConfig):
         spot_encoder_mlp_dim: MLP width; None means `n_genes` as in the reference.
         use_position_embeddings: add learnable x/y embeddings of the array coordinates.
         max_position: rows of each position table (65,536 in the reference; coordinates must be
-            in [0, max_position)). Smaller values make much smaller checkpoints.
+            in [0, max_position), at most `MAX_POSITION_LIMIT`). Smaller values make much smaller
+            checkpoints.
         has_spot_encoder: False for an inference-only checkpoint (image tower + bank).
         dropout: dropout in projection heads and spot Transformer (0.0 in the reference).
         contrastive_temperature: logits = spot @ image.T / temperature (1.0).
@@ -44,6 +67,10 @@ class MclSTExpConfig(PreTrainedConfig):
         pixel_scaling: "unit" ([0, 1], as the reference) or "imagenet" (mean/std normalised).
         expression_transform / expression_units: how the targets were made (recorded so that
             MSE/MAE are comparable); set by the dataset the model is trained on.
+
+    Invalid values raise `MclSTExpConfigError` (a ValueError) naming the field: types and the
+    allowed values of `Literal` fields are checked by the strict dataclass, ranges by the
+    `validate_*` hooks below.
     """
 
     model_type = "mclstexp"
@@ -63,16 +90,12 @@ class MclSTExpConfig(PreTrainedConfig):
     dropout: float = 0.0
     contrastive_temperature: float = 1.0
     retrieval_k: int = 200
-    retrieval_distance: str = "l1"
-    retrieval_weighting: str = "inverse_square"
+    retrieval_distance: RetrievalDistance = "l1"
+    retrieval_weighting: RetrievalWeighting = "inverse_square"
     patch_size: int = 224
-    pixel_scaling: str = "unit"
+    pixel_scaling: PixelScaling = "unit"
     expression_transform: str | None = None
     expression_units: str | None = None
-
-    def __post_init__(self, **kwargs):
-        self._check_fields()
-        super().__post_init__(**kwargs)
 
     # --------------------------------------------------------------- helpers
     @property
@@ -83,7 +106,8 @@ class MclSTExpConfig(PreTrainedConfig):
     def spot_mlp_dim(self) -> int:
         return self.spot_encoder_mlp_dim if self.spot_encoder_mlp_dim else self.n_genes
 
-    def _check_fields(self) -> None:
+    # ------------------------------------------------ strict-dataclass validators
+    def validate_gene_names(self) -> None:
         genes = self.gene_names
         if genes is None or len(genes) == 0:
             raise ValueError(
@@ -100,26 +124,30 @@ class MclSTExpConfig(PreTrainedConfig):
                 f"MclSTExpConfig.gene_names has duplicates: {dups[:10]}. Make them unique "
                 "(anndata's `var_names_make_unique()` appends -1, -2, ...)."
             )
-        positive = {
-            "projection_dim": self.projection_dim,
-            "spot_encoder_heads": self.spot_encoder_heads,
-            "spot_encoder_head_dim": self.spot_encoder_head_dim,
-            "max_position": self.max_position,
-            "retrieval_k": self.retrieval_k,
-            "patch_size": self.patch_size,
-        }
-        if self.image_feature_dim is not None:
-            positive["image_feature_dim"] = self.image_feature_dim
-        if self.spot_encoder_mlp_dim is not None:
-            positive["spot_encoder_mlp_dim"] = self.spot_encoder_mlp_dim
-        for name, value in positive.items():
+
+    def validate_positive_sizes(self) -> None:
+        names = list(_POSITIVE_INT_FIELDS) + [
+            n for n in _OPTIONAL_POSITIVE_INT_FIELDS if getattr(self, n) is not None
+        ]
+        for name in names:
+            value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise ValueError(f"MclSTExpConfig.{name} must be a positive integer; got {value!r}.")
+        if self.max_position > MAX_POSITION_LIMIT:
+            raise ValueError(
+                f"MclSTExpConfig.max_position={self.max_position:,} exceeds {MAX_POSITION_LIMIT:,}: "
+                "the two position tables would need "
+                f"{2 * self.max_position * max(self.n_genes, 1) * 4 / 2**30:.1f} GiB. Array "
+                "coordinates are spot-grid indices (tens to hundreds), not pixels; map them to "
+                "the grid first."
+            )
         if self.spot_encoder_layers < 0:
             raise ValueError(
                 "MclSTExpConfig.spot_encoder_layers must be >= 0 (0 = no spot Transformer); "
                 f"got {self.spot_encoder_layers!r}."
             )
+
+    def validate_ranges(self) -> None:
         if not 0.0 <= float(self.dropout) < 1.0:
             raise ValueError(f"MclSTExpConfig.dropout must be in [0, 1); got {self.dropout!r}.")
         if not float(self.contrastive_temperature) > 0.0:
@@ -127,21 +155,8 @@ class MclSTExpConfig(PreTrainedConfig):
                 "MclSTExpConfig.contrastive_temperature must be > 0; got "
                 f"{self.contrastive_temperature!r}."
             )
-        if self.retrieval_distance not in RETRIEVAL_DISTANCES:
-            raise ValueError(
-                f"MclSTExpConfig.retrieval_distance must be one of {RETRIEVAL_DISTANCES}; got "
-                f"{self.retrieval_distance!r}."
-            )
-        if self.retrieval_weighting not in RETRIEVAL_WEIGHTINGS:
-            raise ValueError(
-                f"MclSTExpConfig.retrieval_weighting must be one of {RETRIEVAL_WEIGHTINGS}; got "
-                f"{self.retrieval_weighting!r}."
-            )
-        if self.pixel_scaling not in PIXEL_SCALINGS:
-            raise ValueError(
-                f"MclSTExpConfig.pixel_scaling must be one of {PIXEL_SCALINGS}; got "
-                f"{self.pixel_scaling!r}."
-            )
+
+    def validate_image_encoder(self) -> None:
         import timm
 
         if not timm.is_model(self.image_encoder):
@@ -154,4 +169,28 @@ class MclSTExpConfig(PreTrainedConfig):
             )
 
 
-__all__ = ["MclSTExpConfig"]
+def _raise_value_errors(init):
+    """Strict-dataclass errors → `MclSTExpConfigError` (a ValueError), as callers expect."""
+
+    @wraps(init)
+    def __init__(self, *args, **kwargs):
+        try:
+            init(self, *args, **kwargs)
+        except StrictDataclassError as exc:
+            cause = exc.__cause__ or exc
+            raise MclSTExpConfigError(f"MclSTExpConfig: {cause}") from exc
+
+    return __init__
+
+
+MclSTExpConfig.__init__ = _raise_value_errors(MclSTExpConfig.__init__)
+
+
+__all__ = [
+    "MAX_POSITION_LIMIT",
+    "PIXEL_SCALINGS",
+    "RETRIEVAL_DISTANCES",
+    "RETRIEVAL_WEIGHTINGS",
+    "MclSTExpConfig",
+    "MclSTExpConfigError",
+]

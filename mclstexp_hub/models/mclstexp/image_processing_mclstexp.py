@@ -32,9 +32,8 @@ from transformers.image_utils import PILImageResampling, SizeDict
 from transformers.processing_utils import ImagesKwargs
 
 from .pixels_mclstexp import IMAGENET_MEAN, IMAGENET_STD, PIXEL_SCALINGS, scale_pixel_values
+from .slide_io_mclstexp import CROP_CONVENTION, PAD_VALUE
 
-PAD_VALUE = 255
-"""Fill for patch pixels beyond the input (white glass), as the training patch extractor."""
 
 
 class MclSTExpImageProcessorKwargs(ImagesKwargs, total=False):
@@ -43,6 +42,7 @@ class MclSTExpImageProcessorKwargs(ImagesKwargs, total=False):
     patch_size: int | None
     pixel_scaling: str | None
     pad_value: int | None
+    crop_convention: str | None
 
 
 def native_scaling(pixel_scaling: str) -> dict[str, Any]:
@@ -96,6 +96,9 @@ class MclSTExpImageProcessor(TorchvisionBackend):
         pad_value: fill for pixels beyond a too-small input (255, white).
         do_resize: resample the input to `patch_size` instead of cropping (off by default: the
             model expects full-resolution pixels).
+        crop_convention: how whole-slide patches are cut around spot centres (recorded so a
+            checkpoint says which pixels it saw): `slide_io_mclstexp.CROP_CONVENTION`, centre =
+            floor(pixel) as the authors' code. Other values are refused.
     """
 
     valid_kwargs = MclSTExpImageProcessorKwargs
@@ -104,6 +107,7 @@ class MclSTExpImageProcessor(TorchvisionBackend):
     patch_size = 224
     pixel_scaling = "unit"
     pad_value = PAD_VALUE
+    crop_convention = CROP_CONVENTION
     do_convert_rgb = True
     do_resize = False
     resample = PILImageResampling.BILINEAR
@@ -122,6 +126,14 @@ class MclSTExpImageProcessor(TorchvisionBackend):
             raise ValueError(f"MclSTExpImageProcessor: patch_size must be positive; got {patch_size}.")
         pixel_scaling = pixel_scaling if pixel_scaling is not None else type(self).pixel_scaling
         _check_native(pixel_scaling, kwargs)
+        convention = kwargs.get("crop_convention")
+        if convention is not None and convention != CROP_CONVENTION:
+            raise ValueError(
+                f"MclSTExpImageProcessor: crop_convention={convention!r} is not this package's "
+                f"{CROP_CONVENTION!r} (centre = floor(pixel)); the checkpoint was made for patches "
+                "cut differently. Re-export it with the current package."
+            )
+        kwargs["crop_convention"] = CROP_CONVENTION
         square = {"height": patch_size, "width": patch_size}
         for key in ("size", "crop_size"):
             given = kwargs.get(key)

@@ -512,10 +512,44 @@ class MclSTExpModel(MclSTExpPreTrainedModel):
         )
 
     # ------------------------------------------------------------ persistence
-    def save_pretrained(self, save_directory: str | os.PathLike, *args: Any, **kwargs: Any):
+    def save_pretrained(
+        self,
+        save_directory: str | os.PathLike,
+        *args: Any,
+        image_processor: Any = None,
+        **kwargs: Any,
+    ):
+        """Write a complete, loadable checkpoint: what transformers saves, plus the rest.
+
+        Weights and config (transformers), the spot bank when one is attached, the image
+        processor (`image_processor`, else the one matching this config) and the pipeline's
+        remote code. transformers' own `push_to_hub` and the Trainer's checkpoints call this
+        method, so what they upload or keep is complete too. With `push_to_hub=True` the
+        complete folder is pushed afterwards through `push_to_hub` (repo_id, commit_message,
+        create_pr, private and token are taken from the keyword arguments).
+        """
+        from .image_processing_mclstexp import MclSTExpImageProcessor
+        from .pipeline_mclstexp import save_pipeline_code
+
+        push = bool(kwargs.pop("push_to_hub", False))
+        hub_kwargs = {
+            key: kwargs.pop(key)
+            for key in ("repo_id", "commit_message", "create_pr", "private")
+            if key in kwargs
+        }
         result = super().save_pretrained(save_directory, *args, **kwargs)
+        is_main_process = kwargs.get("is_main_process", args[0] if args else True)
+        if not is_main_process:
+            return result
+        folder = os.fspath(save_directory)
         if self.spot_bank is not None:
-            self.spot_bank.save(os.path.join(os.fspath(save_directory), SPOT_BANK_FILENAME))
+            self.spot_bank.save(os.path.join(folder, SPOT_BANK_FILENAME))
+        processor = image_processor or MclSTExpImageProcessor.from_model_config(self.config)
+        processor.save_pretrained(folder)
+        save_pipeline_code(folder)
+        if push:
+            repo_id = hub_kwargs.pop("repo_id", os.path.basename(os.path.normpath(folder)))
+            self.push_to_hub(repo_id, token=kwargs.get("token"), **hub_kwargs)
         return result
 
     @classmethod
@@ -539,61 +573,6 @@ class MclSTExpModel(MclSTExpPreTrainedModel):
             if bank_path is not None:
                 model.attach_spot_bank(SpotBank.load(bank_path))
         return model
-
-    def push_to_hub(
-        self,
-        repo_id: str,
-        *,
-        image_processor: Any = None,
-        model_card: str | None = None,
-        commit_message: str | None = None,
-        commit_description: str | None = None,
-        private: bool | None = None,
-        token: str | None = None,
-        revision: str | None = None,
-        create_pr: bool = False,
-        max_shard_size: str = "50GB",
-        **_: Any,
-    ):
-        """Weights, spot bank, image processor and remote code in one commit; the card last.
-
-        transformers' default push would publish neither processor nor pipeline code and would
-        write a generic README; the model card goes in a second commit so nothing overwrites it.
-        """
-        import tempfile
-
-        from huggingface_hub import HfApi
-
-        from .image_processing_mclstexp import MclSTExpImageProcessor
-        from .pipeline_mclstexp import save_pipeline_code
-
-        api = HfApi(token=token)
-        repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
-        if revision is not None and not revision.startswith("refs/pr"):
-            api.create_branch(repo_id, branch=revision, exist_ok=True)
-        with tempfile.TemporaryDirectory() as tmp:
-            self.save_pretrained(tmp, max_shard_size=max_shard_size)
-            processor = image_processor or MclSTExpImageProcessor.from_model_config(self.config)
-            processor.save_pretrained(tmp)
-            save_pipeline_code(tmp)
-            info = api.upload_folder(
-                folder_path=tmp,
-                repo_id=repo_id,
-                revision=revision,
-                create_pr=create_pr,
-                commit_description=commit_description,
-                commit_message=commit_message or "Upload mclSTExp model, spot bank and processor",
-            )
-        if model_card is not None:
-            info = api.upload_file(
-                path_or_fileobj=str(model_card).encode("utf-8"),
-                path_in_repo="README.md",
-                repo_id=repo_id,
-                revision=revision,
-                create_pr=create_pr,
-                commit_message="Add model card",
-            )
-        return info
 
 
 def _resolve_optional_file(name_or_path, filename: str, kwargs: dict[str, Any]) -> str | None:

@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import torch
 
+from .configuration_mclstexp import PIXEL_SCALINGS
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-PIXEL_SCALINGS = ("unit", "imagenet")
 
 
 def scale_pixel_values(images: torch.Tensor, pixel_scaling: str = "unit") -> torch.Tensor:

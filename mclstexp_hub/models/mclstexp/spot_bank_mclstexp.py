@@ -22,8 +22,8 @@ import torch
 SPOT_BANK_FILENAME = "spot_bank.safetensors"
 BANK_FORMAT_VERSION = "1"
 
-DISTANCES = ("l1", "l2", "cosine")
-WEIGHTINGS = ("inverse_square", "mean", "softmax")
+from .configuration_mclstexp import RETRIEVAL_DISTANCES as DISTANCES  # noqa: E402
+from .configuration_mclstexp import RETRIEVAL_WEIGHTINGS as WEIGHTINGS  # noqa: E402
 
 # A spot whose embedding equals the query exactly would get weight 1/0; distances are floored
 # at this value so such a spot dominates the average instead of producing inf/NaN.

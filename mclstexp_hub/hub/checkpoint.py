@@ -1,0 +1,83 @@
+"""The one checkpoint writer: a complete mclSTExp checkpoint folder, or nothing.
+
+`MclSTExpModel.save_pretrained` knows *what* a checkpoint holds (weights, config, spot bank,
+image processor, pipeline code). This module adds *how* it lands on disk for the trainer, the
+converter, the demo and `push_model`: staged in a hidden sibling folder and renamed into place,
+so a reader (`from_pretrained`, `mclstexp push`, a second process) never sees a half-written
+folder, and a failure leaves no partial output behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+TRAINING_INFO_FILE = "training_info.json"
+
+
+def write_checkpoint(
+    model: Any,
+    out_dir: str | os.PathLike,
+    *,
+    training_info: dict[str, Any] | None = None,
+    image_processor: Any = None,
+    overwrite: bool = False,
+    keep: Sequence[str] = (),
+) -> Path:
+    """Write `model`'s complete checkpoint to `out_dir` atomically; returns the folder.
+
+    training_info: written as `training_info.json` next to the weights when given.
+    image_processor: saved instead of the processor derived from the model config.
+    overwrite: replace an existing non-empty `out_dir` (otherwise FileExistsError).
+    keep: entries of the replaced folder to move into the new one (e.g. the Trainer's
+        `checkpoints/` resume states); everything else of the old folder is removed.
+    """
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"{out} is a file, not a checkpoint folder; choose another path.")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise FileExistsError(
+            f"{out} exists and is not empty; choose another output folder or pass overwrite=True "
+            "(--overwrite) to replace it."
+        )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.staging-", dir=out.parent))
+    trash: Path | None = None
+    try:
+        model.save_pretrained(stage, image_processor=image_processor)
+        if training_info is not None:
+            (stage / TRAINING_INFO_FILE).write_text(
+                json.dumps(training_info, indent=2, default=str) + "\n", encoding="utf-8"
+            )
+        if out.exists():
+            trash = Path(tempfile.mkdtemp(prefix=f".{out.name}.replaced-", dir=out.parent))
+            os.replace(out, trash / "old")
+            try:
+                for name in keep:
+                    if (trash / "old" / name).exists():
+                        os.replace(trash / "old" / name, stage / name)
+                os.replace(stage, out)
+            except BaseException:
+                # Put the old folder (and what was moved out of it) back as it was.
+                for name in keep:
+                    if (stage / name).exists() and not (trash / "old" / name).exists():
+                        os.replace(stage / name, trash / "old" / name)
+                if not out.exists():
+                    os.replace(trash / "old", out)
+                raise
+        else:
+            os.replace(stage, out)
+    finally:
+        if stage.exists():
+            shutil.rmtree(stage, ignore_errors=True)
+        if trash is not None:
+            shutil.rmtree(trash, ignore_errors=True)
+    return out
+
+
+__all__ = ["TRAINING_INFO_FILE", "write_checkpoint"]
