@@ -36,9 +36,7 @@ import logging
 import os
 import pickle
 import re
-import shutil
 import sys
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -677,37 +675,14 @@ def _with_config(model, slice_rows: int | None = None, **changes):
 
 
 def _save_atomically(model, out: Path, overwrite: bool) -> dict[str, int]:
-    """save_pretrained + image processor + pipeline code into a temp dir, then rename."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    """The complete checkpoint (weights, bank, processor, pipeline code), staged then renamed."""
+    from mclstexp_hub.hub.checkpoint import write_checkpoint
+
     try:
-        model.save_pretrained(tmp)
-        _save_processor_and_pipeline(model.config, tmp)
-        if out.exists():
-            if not overwrite:
-                raise FileExistsError(f"{out} appeared while converting; not overwriting it")
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+        write_checkpoint(model, out, overwrite=overwrite)
+    except FileExistsError as exc:
+        raise FileExistsError(f"{out} appeared while converting; not overwriting it ({exc})") from exc
     return {p.name: p.stat().st_size for p in sorted(out.iterdir()) if p.is_file()}
-
-
-def _save_processor_and_pipeline(config, folder: Path) -> None:
-    """The image processor and pipeline code make the directory complete for `pipeline(...)`."""
-    try:
-        from mclstexp_hub.models.mclstexp.image_processing_mclstexp import MclSTExpImageProcessor
-    except ImportError:  # processor not shipped in this build: the model alone still loads
-        logger.warning("MclSTExpImageProcessor unavailable; no preprocessor_config.json written")
-    else:
-        MclSTExpImageProcessor.from_model_config(config).save_pretrained(folder)
-    try:
-        from mclstexp_hub.models.mclstexp.pipeline_mclstexp import save_pipeline_code
-    except ImportError:
-        logger.warning("pipeline code unavailable; config.json has no custom_pipelines entry")
-    else:
-        save_pipeline_code(folder)
 
 
 def _verify_saved(out: Path, model) -> None:

@@ -111,7 +111,6 @@ def run_demo(
     from mclstexp_hub.data.hf_dataset import load_dataset_metadata, load_st_dataset
     from mclstexp_hub.evaluation.metrics import evaluate_section
     from mclstexp_hub.models.mclstexp.modeling_mclstexp import MclSTExpModel
-    from mclstexp_hub.models.mclstexp.pipeline_mclstexp import save_pipeline_code
     from mclstexp_hub.prediction.predict import ensure_registered
     from mclstexp_hub.synthetic import SYNTHETIC_NOTE, generate_synthetic_dataset
     from mclstexp_hub.training.profiles import get_profile
@@ -165,8 +164,7 @@ def run_demo(
         train_ds, meta["gene_names"], str(ckpt), profile=profile, seed=seed,
         config_overrides={"image_encoder": image_encoder, "retrieval_k": DEMO_RETRIEVAL_K},
         dataset_metadata=meta, progress=progress,
-    )
-    save_pipeline_code(ckpt)
+    )  # a complete checkpoint (hub.checkpoint.write_checkpoint): bank, processor, pipeline code
     timings["train_s"] = time.perf_counter() - t0
     losses = [h["loss"] for h in result.history if "loss" in h]
     _say(f"[3/7] trained ({profile.name} profile: frozen {image_encoder}, {feature_views} "

@@ -95,7 +95,40 @@ def write_st_section(
     return paths
 
 
-def write_10x_h5(path: Path, counts: np.ndarray, barcodes: list[str], genes: list[str]) -> None:
+def write_her2st_section(
+    root: Path, section: str = "B1", *, image: bool = True, seed: int = 0
+) -> dict[str, Path]:
+    """One section in the github.com/almaan/her2st ``data/`` layout (counts, spots, image)."""
+    ax, ay, px, py = grid_spots()
+    counts = counts_for(len(ax), len(GENES), seed + 1)
+    cnt = pd.DataFrame(
+        counts, index=[f"{x}x{y}" for x, y in zip(ax, ay, strict=True)], columns=GENES
+    )
+    spots = pd.DataFrame(
+        {"x": ax, "y": ay, "new_x": ax, "new_y": ay, "pixel_x": px, "pixel_y": py, "selected": 1}
+    )
+    paths = {
+        "counts": root / "ST-cnts" / f"{section}.tsv.gz",
+        "spots": root / "ST-spotfiles" / f"{section}_selection.tsv",
+        "image": root / "ST-imgs" / section[0] / section / f"HE_{section}.jpg",
+    }
+    for path in paths.values():
+        path.parent.mkdir(parents=True, exist_ok=True)
+    with gzip.open(paths["counts"], "wt") as fh:
+        cnt.to_csv(fh, sep="\t")
+    spots.to_csv(paths["spots"], sep="\t", index=False)
+    if image:
+        Image.fromarray(tissue_image(700, 600, seed)).save(paths["image"], quality=95)
+    return paths
+
+
+def write_10x_h5(
+    path: Path,
+    counts: np.ndarray,
+    barcodes: list[str],
+    genes: list[str],
+    feature_types: list[str] | None = None,
+) -> None:
     """A Cell Ranger ≥ 3 feature-barcode HDF5 (CSC genes × barcodes under /matrix)."""
     import scipy.sparse as sp
 
@@ -113,7 +146,8 @@ def write_10x_h5(path: Path, counts: np.ndarray, barcodes: list[str], genes: lis
         )
         feats.create_dataset("name", data=np.array(genes, dtype="S"))
         feats.create_dataset(
-            "feature_type", data=np.array(["Gene Expression"] * len(genes), dtype="S")
+            "feature_type",
+            data=np.array(feature_types or ["Gene Expression"] * len(genes), dtype="S"),
         )
         feats.create_dataset("genome", data=np.array(["GRCh38"] * len(genes), dtype="S"))
         feats.create_dataset("_all_tag_keys", data=np.array([b"genome"]))

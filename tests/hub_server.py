@@ -497,6 +497,9 @@ TINY_CONFIG = {
     "expression_units": "log10(1 + 1e4 * count / panel total)",
 }
 TINY_GENES = [f"GENE{i}" for i in range(12)]
+# Remote code that only the pipeline and the image processor need.
+PIPELINE_CODE_FILES = ("pipeline_mclstexp.py", "image_processing_mclstexp.py",
+                       "pixels_mclstexp.py", "slide_io_mclstexp.py")
 
 
 def make_checkpoint(
@@ -525,16 +528,19 @@ def make_checkpoint(
             expression, positions, section_ids=["S1"] * (n_bank_spots // 2)
             + ["S2"] * (n_bank_spots - n_bank_spots // 2),
         )
-    folder = Path(folder)
-    model.save_pretrained(folder)
-    if processor:
-        from mclstexp_hub.models.mclstexp.image_processing_mclstexp import MclSTExpImageProcessor
+    from mclstexp_hub.hub.checkpoint import write_checkpoint
 
-        MclSTExpImageProcessor.from_model_config(config).save_pretrained(folder)
-    if pipeline:
-        from mclstexp_hub.models.mclstexp.pipeline_mclstexp import save_pipeline_code
-
-        save_pipeline_code(folder)
+    folder = write_checkpoint(model, folder)
+    # processor=False / pipeline=False: the folder an older writer (plain transformers
+    # save_pretrained + spot bank) would have left, for the tests of what push derives.
+    if not processor:
+        (folder / "preprocessor_config.json").unlink()
+    if not pipeline:
+        config = json.loads((folder / "config.json").read_text())
+        del config["custom_pipelines"]
+        (folder / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+        for name in PIPELINE_CODE_FILES:
+            (folder / name).unlink(missing_ok=True)
     return folder
 
 

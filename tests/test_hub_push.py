@@ -9,7 +9,6 @@ a push commits: the file list, the bytes, and the order of the commits. In-proce
 from __future__ import annotations
 
 import contextlib
-import inspect
 import io
 import json
 import re
@@ -28,11 +27,11 @@ from hub_server import (
     run_scenarios,
 )
 
-PACKAGE_DIR = Path(__file__).resolve().parents[1] / "mclstexp_hub"
+PACKAGE_DIR = Path(__file__).resolve().parents[1] / "mclstexp_hub" / "models" / "mclstexp"
 BASE_FILES = {"config.json", "model.safetensors", "spot_bank.safetensors",
               "configuration_mclstexp.py", "modeling_mclstexp.py", "spot_bank_mclstexp.py"}
 DERIVED = {"preprocessor_config.json", "pipeline_mclstexp.py", "image_processing_mclstexp.py",
-           "pixels_mclstexp.py"}
+           "pixels_mclstexp.py", "slide_io_mclstexp.py"}
 
 
 # ================================================================ client (subprocess side)
@@ -60,21 +59,29 @@ def client_push(args: dict) -> None:
             results.append(sorted(k for k in namespace if not k.startswith("__")))
         return results
 
-    def model_push_to_hub():
+    def model_push():
         from mclstexp_hub import MclSTExpModel
+        from mclstexp_hub.hub.push import push_model
         from mclstexp_hub.models.mclstexp.image_processing_mclstexp import MclSTExpImageProcessor
 
-        if "model_card" not in inspect.signature(MclSTExpModel.push_to_hub).parameters:
-            return "override absent"
         model = MclSTExpModel.from_pretrained(args["checkpoint"])
         processor = MclSTExpImageProcessor.from_model_config(model.config)
-        model.push_to_hub("org/model-push", image_processor=processor,
-                          model_card=Path(args["card"]).read_text())
-        return "pushed"
+        result = push_model(model, "org/model-push", image_processor=processor,
+                            card=Path(args["card"]).read_text())
+        return {"card_commit": result.card_commit}
+
+    def transformers_push():
+        from transformers import PreTrainedModel
+
+        from mclstexp_hub import MclSTExpModel
+
+        model = MclSTExpModel.from_pretrained(args["checkpoint"])
+        model.push_to_hub("org/tf-push")
+        return {"same_method": MclSTExpModel.push_to_hub is PreTrainedModel.push_to_hub}
 
     run_scenarios(
-        {"cli_push": cli_push, "card_snippets": card_snippets,
-         "model_push_to_hub": model_push_to_hub},
+        {"cli_push": cli_push, "card_snippets": card_snippets, "model_push": model_push,
+         "transformers_push": transformers_push},
         args["report"],
     )
 
@@ -296,16 +303,27 @@ def test_cli_push_then_the_cards_code_examples_run_against_the_pushed_repo(hub, 
     assert {"pipe", "prediction"} <= set(second)
 
 
-def test_model_push_to_hub_publishes_processor_and_card_last(hub, push_client):
-    entry = push_client[0]["model_push_to_hub"]
+def test_push_model_publishes_processor_and_card_last(hub, push_client):
+    entry = push_client[0]["model_push"]
     assert entry["ok"], entry.get("traceback")
-    assert entry["values"] != "override absent", "MclSTExpModel.push_to_hub override missing"
     commits = hub.commits("org/model-push")
     files = hub.files("org/model-push")
     assert {"model.safetensors", "spot_bank.safetensors", "preprocessor_config.json",
             "modeling_mclstexp.py"} <= set(files)
     assert commits[-1].added == ["README.md"]
+    assert entry["values"]["card_commit"] == commits[-1].sha
     assert files["README.md"].decode() == Path(push_client[2]).read_text()
+
+
+def test_transformers_push_to_hub_is_kept_and_uploads_a_complete_folder(hub, push_client):
+    """The model keeps transformers' `push_to_hub`; through `save_pretrained` it is complete."""
+    entry = push_client[0]["transformers_push"]
+    assert entry["ok"], entry.get("traceback")
+    assert entry["values"]["same_method"]
+    files = hub.files("org/tf-push")
+    assert {"model.safetensors", "spot_bank.safetensors", "preprocessor_config.json",
+            "pipeline_mclstexp.py", "slide_io_mclstexp.py"} <= set(files)
+    assert "custom_pipelines" in json.loads(files["config.json"])
 
 
 def test_card_snippet_extraction_finds_both_examples(card_text):

@@ -15,43 +15,28 @@ import pytest
 import torch
 from PIL import Image
 from test_pipeline_helpers import (
-    B4_IMAGE,
     BLOCK_PACKAGE,
     UNITS,
     build_checkpoint,
     her2st_spots,
-    section_expression,
 )
 from transformers import pipeline
 
 from mclstexp_hub.models.mclstexp.pipeline_mclstexp import TASK, MclSTExpPipeline, slide_thumbnail
-from mclstexp_hub.models.mclstexp.slide_io_mclstexp import open_slide as PatchReader
 from mclstexp_hub.models.mclstexp.pixels_mclstexp import scale_pixel_values
+from mclstexp_hub.models.mclstexp.slide_io_mclstexp import open_slide as PatchReader
 from mclstexp_hub.prediction.predict import ensure_registered, load_pipeline
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module")
-def c2(her2st_dir, her2st_panel):
-    return section_expression(her2st_dir, "C2", her2st_panel)
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory, c2) -> Path:
-    out = tmp_path_factory.mktemp("ckpt")
-    build_checkpoint(out, c2, k=10)
-    return out
+# The checkpoint (C2's real bank) and the B4 slide come from tests/conftest.py.
+pytestmark = pytest.mark.realdata
 
 
 @pytest.fixture(scope="module")
 def pipe(checkpoint):
     return load_pipeline(checkpoint, device="cpu", batch_size=4)
-
-
-@pytest.fixture(scope="module")
-def b4_image(her2st_dir) -> Path:
-    return Path(her2st_dir).joinpath(*B4_IMAGE)
 
 
 @pytest.fixture(scope="module")

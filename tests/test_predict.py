@@ -12,11 +12,9 @@ import pandas as pd
 import pytest
 from PIL import Image
 from test_pipeline_helpers import (
-    B4_IMAGE,
     UNITS,
     build_checkpoint,
     her2st_spots,
-    section_expression,
 )
 
 from mclstexp_hub.cli import main
@@ -25,21 +23,8 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 CROP = (1700, 3000, 2900, 4200)  # a 1200 × 1200 window of B4 around real spots
 
 
-@pytest.fixture(scope="module")
-def c2(her2st_dir, her2st_panel):
-    return section_expression(her2st_dir, "C2", her2st_panel)
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory, c2) -> Path:
-    out = tmp_path_factory.mktemp("ckpt")
-    build_checkpoint(out, c2, k=10)
-    return out
-
-
-@pytest.fixture(scope="module")
-def b4_image(her2st_dir) -> Path:
-    return Path(her2st_dir).joinpath(*B4_IMAGE)
+# The checkpoint (C2's real bank) and the B4 slide come from tests/conftest.py.
+pytestmark = pytest.mark.realdata
 
 
 @pytest.fixture(scope="module")
@@ -129,6 +114,13 @@ def test_existing_output_is_refused_then_overwritten(checkpoint, small_slide, tm
     code, _, err = _run(argv, capsys)
     assert code == 2 and "already exists" in err and "--overwrite" in err
     assert out.read_bytes() == b"precious"
+    # --overwrite replaces only a prediction this tool wrote, never someone else's file
+    code, _, err = _run([*argv, "--overwrite"], capsys)
+    assert code == 2 and "not a prediction file written by mclstexp" in err
+    assert out.read_bytes() == b"precious"
+    out.unlink()
+    code, _, err = _run(argv, capsys)
+    assert code == 0, err
     code, _, err = _run([*argv, "--overwrite"], capsys)
     assert code == 0, err
     adata = ad.read_h5ad(out)

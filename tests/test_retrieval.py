@@ -9,11 +9,9 @@ import pytest
 import torch
 
 from mclstexp_hub import MclSTExpConfig, MclSTExpModel
-from mclstexp_hub.models.mclstexp.spot_bank_mclstexp import SpotBank
 
 DISTANCES = ("l1", "l2", "cosine")
 WEIGHTINGS = ("inverse_square", "mean", "softmax")
-GENES = [f"G{i}" for i in range(7)]
 
 
 def brute_force(bank_emb, bank_expr, queries, k, distance, weighting):
@@ -46,22 +44,10 @@ def brute_force(bank_emb, bank_expr, queries, k, distance, weighting):
 
 
 @pytest.fixture(scope="module")
-def data():
-    g = torch.Generator().manual_seed(0)
-    bank = SpotBank(
-        embeddings=torch.randn(300, 16, generator=g),
-        expression=torch.rand(300, len(GENES), generator=g) * 2,
-        gene_names=GENES,
-    )
-    queries = torch.randn(25, 16, generator=g)
-    return bank, queries
-
-
-@pytest.fixture(scope="module")
-def tiny_model(data):
-    bank, _ = data
+def tiny_model(random_bank):
+    bank, _ = random_bank
     config = MclSTExpConfig(
-        gene_names=GENES, image_encoder="resnet10t", projection_dim=16, max_position=32,
+        gene_names=list(bank.gene_names), image_encoder="resnet10t", projection_dim=16, max_position=32,
         spot_encoder_heads=2, spot_encoder_head_dim=4, retrieval_k=5,
     )
     torch.manual_seed(0)
@@ -71,8 +57,8 @@ def tiny_model(data):
 
 
 @pytest.mark.parametrize("chunk_size", [7, 65536])
-def test_exact_search_matches_brute_force(data, chunk_size):
-    bank, queries = data
+def test_exact_search_matches_brute_force(random_bank, chunk_size):
+    bank, queries = random_bank
     sims, idx = bank.search(queries, 12, chunk_size=chunk_size)
     ref_sims, ref_idx, _, _ = brute_force(bank.embeddings, bank.expression, queries, 12, "l1", "mean")
     np.testing.assert_array_equal(idx.numpy(), ref_idx)
@@ -80,8 +66,8 @@ def test_exact_search_matches_brute_force(data, chunk_size):
 
 
 @pytest.mark.parametrize(("distance", "weighting"), list(itertools.product(DISTANCES, WEIGHTINGS)))
-def test_bank_predict_matches_brute_force(data, distance, weighting):
-    bank, queries = data
+def test_bank_predict_matches_brute_force(random_bank, distance, weighting):
+    bank, queries = random_bank
     _, _, _, ref = brute_force(bank.embeddings, bank.expression, queries, 9, distance, weighting)
     chunked = bank.predict(queries, 9, distance=distance, weighting=weighting, chunk_size=11)
     whole = bank.predict(queries, 9, distance=distance, weighting=weighting)
@@ -90,8 +76,8 @@ def test_bank_predict_matches_brute_force(data, distance, weighting):
 
 
 @pytest.mark.parametrize(("distance", "weighting"), list(itertools.product(DISTANCES, WEIGHTINGS)))
-def test_model_predict_expression_from_embeddings(data, tiny_model, distance, weighting):
-    bank, queries = data
+def test_model_predict_expression_from_embeddings(random_bank, tiny_model, distance, weighting):
+    bank, queries = random_bank
     _, ref_idx, ref_w, ref = brute_force(
         bank.embeddings, bank.expression, queries, 9, distance, weighting
     )
@@ -103,8 +89,8 @@ def test_model_predict_expression_from_embeddings(data, tiny_model, distance, we
     np.testing.assert_allclose(out.expression.numpy(), ref, rtol=1e-4, atol=1e-5)
 
 
-def test_model_uses_config_defaults(data, tiny_model):
-    bank, queries = data
+def test_model_uses_config_defaults(random_bank, tiny_model):
+    bank, queries = random_bank
     out = tiny_model.predict_expression(image_embeds=queries)
     _, _, _, ref = brute_force(bank.embeddings, bank.expression, queries, 5, "l1", "inverse_square")
     np.testing.assert_allclose(out.expression.numpy(), ref, rtol=1e-4, atol=1e-5)
@@ -118,8 +104,8 @@ def test_model_pixel_path_equals_embedding_path(tiny_model):
     torch.testing.assert_close(via_pixels.expression, via_embeds.expression)
 
 
-def test_k_larger_than_bank_is_refused(data, tiny_model):
-    bank, queries = data
+def test_k_larger_than_bank_is_refused(random_bank, tiny_model):
+    bank, queries = random_bank
     with pytest.raises(ValueError, match="larger than the spot bank"):
         bank.search(queries, len(bank) + 1)
     with pytest.raises(ValueError, match="larger than the spot bank"):
@@ -128,10 +114,10 @@ def test_k_larger_than_bank_is_refused(data, tiny_model):
         tiny_model.predict_expression(image_embeds=queries, k=len(bank) + 1)
 
 
-def test_weights_sum_to_one_and_inverse_square_favours_close(data):
+def test_weights_sum_to_one_and_inverse_square_favours_close(random_bank):
     from mclstexp_hub.models.mclstexp.spot_bank_mclstexp import retrieval_weights
 
-    bank, queries = data
+    bank, queries = random_bank
     _, idx = bank.search(queries, 10)
     for distance, weighting in itertools.product(DISTANCES, WEIGHTINGS):
         w = retrieval_weights(queries, bank.embeddings[idx], distance, weighting)

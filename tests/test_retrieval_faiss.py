@@ -15,26 +15,13 @@ pytest.importorskip("faiss", reason="faiss not installed: pip install 'mclstexp-
 
 DISTANCES = ("l1", "l2", "cosine")
 WEIGHTINGS = ("inverse_square", "mean", "softmax")
-GENES = [f"G{i}" for i in range(7)]
-
-
-@pytest.fixture(scope="module")
-def data():
-    g = torch.Generator().manual_seed(0)
-    bank = SpotBank(
-        embeddings=torch.randn(300, 16, generator=g),
-        expression=torch.rand(300, len(GENES), generator=g) * 2,
-        gene_names=GENES,
-    )
-    queries = torch.randn(25, 16, generator=g)
-    return bank, queries
 
 
 
-def test_faiss_flat_equals_exact_search(data):
+def test_faiss_flat_equals_exact_search(random_bank):
     from mclstexp_hub.retrieval import FaissSpotIndex
 
-    bank, queries = data
+    bank, queries = random_bank
     index = FaissSpotIndex.from_bank(bank, "flat")
     sims, idx = index.search(queries, 20)
     ref_sims, ref_idx = bank.search(queries, 20)
@@ -44,20 +31,20 @@ def test_faiss_flat_equals_exact_search(data):
 
 
 @pytest.mark.parametrize(("distance", "weighting"), list(itertools.product(DISTANCES, WEIGHTINGS)))
-def test_predict_with_flat_index_equals_bank_predict(data, distance, weighting):
+def test_predict_with_flat_index_equals_bank_predict(random_bank, distance, weighting):
     from mclstexp_hub.retrieval import FaissSpotIndex, predict_with_index
 
-    bank, queries = data
+    bank, queries = random_bank
     index = FaissSpotIndex.from_bank(bank, "flat")
     ours = predict_with_index(bank, index, queries, 9, distance, weighting, query_chunk=4)
     ref = bank.predict(queries, 9, distance=distance, weighting=weighting)
     np.testing.assert_allclose(ours.numpy(), ref.numpy(), rtol=1e-5, atol=1e-6)
 
 
-def test_ivf_scanning_every_cell_is_exact(data):
+def test_ivf_scanning_every_cell_is_exact(random_bank):
     from mclstexp_hub.retrieval import FaissSpotIndex, recall_at_k
 
-    bank, queries = data
+    bank, queries = random_bank
     index = FaissSpotIndex.from_bank(bank, "ivf", nlist=4, nprobe=4)
     _, idx = index.search(queries, 15)
     _, ref_idx = bank.search(queries, 15)
@@ -66,10 +53,10 @@ def test_ivf_scanning_every_cell_is_exact(data):
     assert index.params["nprobe"] == 1
 
 
-def test_hnsw_recall_is_high_on_small_bank(data):
+def test_hnsw_recall_is_high_on_small_bank(random_bank):
     from mclstexp_hub.retrieval import FaissSpotIndex, recall_at_k
 
-    bank, queries = data
+    bank, queries = random_bank
     index = FaissSpotIndex.from_bank(bank, "hnsw", ef_search=200)
     _, idx = index.search(queries, 10)
     _, ref_idx = bank.search(queries, 10)
@@ -77,10 +64,10 @@ def test_hnsw_recall_is_high_on_small_bank(data):
     assert recall_at_k(ref_idx, idx) > 0.9
 
 
-def test_index_save_load_roundtrip(tmp_path, data):
+def test_index_save_load_roundtrip(tmp_path, random_bank):
     from mclstexp_hub.retrieval import FaissSpotIndex
 
-    bank, queries = data
+    bank, queries = random_bank
     index = FaissSpotIndex.from_bank(bank, "ivf", nlist=4, nprobe=4)
     loaded = FaissSpotIndex.load(index.save(tmp_path / "bank.faiss"))
     assert loaded.kind == "ivf" and len(loaded) == len(bank) and loaded.params["nprobe"] == 4
@@ -90,10 +77,10 @@ def test_index_save_load_roundtrip(tmp_path, data):
     assert not list(tmp_path.glob("*.tmp-*"))
 
 
-def test_faiss_bad_input(data):
+def test_faiss_bad_input(random_bank):
     from mclstexp_hub.retrieval import FaissSpotIndex, predict_with_index
 
-    bank, queries = data
+    bank, queries = random_bank
     index = FaissSpotIndex.from_bank(bank, "flat")
     with pytest.raises(ValueError, match="larger than the indexed bank"):
         index.search(queries, len(bank) + 1)
@@ -101,7 +88,7 @@ def test_faiss_bad_input(data):
         index.search(torch.randn(2, 5), 3)
     with pytest.raises(ValueError, match="kind must be one of"):
         FaissSpotIndex.from_bank(bank, "lsh")
-    other = SpotBank(torch.randn(10, 16), torch.rand(10, len(GENES)), GENES)
+    other = SpotBank(torch.randn(10, 16), torch.rand(10, bank.n_genes), list(bank.gene_names))
     with pytest.raises(ValueError, match="not built from this bank"):
         predict_with_index(other, index, queries, 3)
     q = queries.clone()

@@ -258,3 +258,47 @@ def test_training_rejects_bad_input():
         train_model(dataset, genes, None, config_overrides=SMALL, profile="cpu",
                     cached_features=torch.zeros(1, 8, 7), progress=False)
 
+
+
+# -------------------------------------------------------------- the model is what trains
+def test_frozen_encoder_trained_from_pixels_keeps_weights_and_batchnorm_statistics():
+    """The Trainer calls model.train() every step; the frozen encoder must stay in eval mode."""
+    dataset, _, meta = tiny_her2st_dataset(16)
+    spots = SpotPatchDataset(dataset)
+    profile = get_profile("cpu").replace(n_feature_views=0, epochs=2, batch_size=8,
+                                         learning_rate=1e-3)
+    result = train_model(spots, meta["gene_names"], None, config_overrides=SMALL,
+                         profile=profile, progress=False)
+    model = result.model
+    assert len([h for h in result.history if "loss" in h]) == 4  # pixels went through the model
+    set_seed(0)
+    initial = MclSTExpModel(model.config)
+    for (name, a), (_, b) in zip(model.image_encoder.state_dict().items(),
+                                 initial.image_encoder.state_dict().items(), strict=True):
+        assert torch.equal(a, b), name  # running_mean / running_var included
+    assert not torch.equal(model.image_projection.linear_in.weight,
+                           initial.image_projection.linear_in.weight)
+    assert not model._forward_pre_hooks  # the eval-mode hook ends with training
+
+
+def test_intermediate_trainer_checkpoint_loads_and_predicts(tmp_path):
+    """A `checkpoint-*` folder of an interrupted run is a complete predictor."""
+    dataset, _, meta = tiny_her2st_dataset(16)
+    spots = SpotPatchDataset(dataset)
+    profile = get_profile("cpu").replace(batch_size=8, n_feature_views=1, learning_rate=1e-3)
+    with pytest.raises(KeyboardInterrupt):
+        train_model(spots, meta["gene_names"], tmp_path / "run", config_overrides=SMALL,
+                    profile=profile, max_steps=6, save_steps=2, dataset_metadata=meta,
+                    progress=False, callbacks=[_StopAfter(2)])
+    folder = tmp_path / "run" / "checkpoints" / "checkpoint-2"
+    assert (folder / "spot_bank.safetensors").is_file()
+    assert (folder / "preprocessor_config.json").is_file()
+    loaded = MclSTExpModel.from_pretrained(folder)
+    assert len(loaded.spot_bank) == 16
+    # the bank was embedded by the very weights saved next to it
+    rebuilt = loaded.build_spot_bank(spots.expression, spots.positions, attach=False)
+    torch.testing.assert_close(rebuilt.embeddings, loaded.spot_bank.embeddings)
+    prediction = loaded.predict_expression(
+        pixel_values=scale_pixel_values(spots.patches[:3], loaded.config.pixel_scaling))
+    assert prediction.expression.shape == (3, len(meta["gene_names"]))
+    assert torch.isfinite(prediction.expression).all()

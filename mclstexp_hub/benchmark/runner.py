@@ -40,14 +40,14 @@ from mclstexp_hub.evaluation.report import (
     write_text_atomic,
 )
 
-from .baselines import BLEEP_ABLATION_OVERRIDES, ridge_probe_predict, topk_mean_predict
 from .frozen_features import BN_CALIBRATIONS, FrozenFeatureStore
+from .methods import FoldContext, MethodSettings, get_method, list_methods
 from .paper_numbers import paper_reported
 from .splits import Fold, make_folds
 from .summary import summary_frame, summary_markdown
 
-METHODS = ("mclstexp", "bleep_ablation", "topk_mean_frozen", "hest_ridge_probe")
-DATASET_KINDS = ("her2st", "cscc")
+METHODS = tuple(list_methods())  # the registry's names (benchmark/methods.py), default order
+DATASET_KINDS = __import__("mclstexp_hub.presets").presets.benchmark_datasets()  # one registry
 
 
 @dataclass
@@ -231,17 +231,16 @@ def run_benchmark(opts: BenchmarkOptions) -> dict[str, Any]:
     from mclstexp_hub import __version__
     from mclstexp_hub.data.hf_dataset import load_dataset_metadata, load_st_dataset
     from mclstexp_hub.models.mclstexp.modeling_mclstexp import MclSTExpModel
-    from mclstexp_hub.training.features import compute_image_features, encoder_fingerprint
     from mclstexp_hub.training.profiles import get_profile
     from mclstexp_hub.training.torch_dataset import SpotPatchDataset
-    from mclstexp_hub.training.trainer import build_training_config, train_model
+    from mclstexp_hub.training.trainer import build_training_config
 
     started = time.perf_counter()
     if opts.dataset not in DATASET_KINDS:
         raise ValueError(f"benchmark dataset must be one of {DATASET_KINDS}; got {opts.dataset!r}.")
-    unknown = [m for m in opts.methods if m not in METHODS]
-    if unknown or not opts.methods:
-        raise ValueError(f"--methods must be a non-empty subset of {METHODS}; got {opts.methods}.")
+    if not opts.methods:
+        raise ValueError(f"--methods must name at least one of {list_methods()}.")
+    methods = {name: get_method(name) for name in opts.methods}  # unknown names: ValueError
     out = Path(opts.out)
     if (out / "summary.json").exists() and not opts.overwrite:
         raise FileExistsError(
@@ -325,27 +324,16 @@ def run_benchmark(opts: BenchmarkOptions) -> dict[str, Any]:
     )
     print(f"profile {prof.name}: {description}", flush=True)
 
-    labels = {
-        "mclstexp": "mclSTExp (ours)",
-        "bleep_ablation": "BLEEP-style ablation",
-        "topk_mean_frozen": f"top-{baseline_k} mean, frozen features",
-        "hest_ridge_probe": "HEST probe (PCA-256 + ridge)",
-    }
-    descriptions = {
-        "mclstexp": f"mclSTExp trained with the `{prof.name}` profile; retrieval k={method_k}, "
-                    f"{feature_config.retrieval_weighting} weighting over "
-                    f"{feature_config.retrieval_distance} distance, bank = the fold's training spots",
-        "bleep_ablation": "same training, no spot Transformer and no position embeddings "
-                          f"({BLEEP_ABLATION_OVERRIDES}); same retrieval",
-        "topk_mean_frozen": f"cosine top-{baseline_k} training spots by frozen pooled encoder "
-                            "features (no training), plain mean of their expression",
-        "hest_ridge_probe": "StandardScaler + PCA(256) + ridge (alpha "
-                            + {"hest": "= 100/(256·genes) as HEST-Benchmark",
-                               "cv": "chosen by leave-one-training-section-out CV"}.get(
-                                   str(ridge_alpha), f"= {ridge_alpha}")
-                            + ", with intercept) on frozen pooled encoder features, fitted on "
-                            "training spots only (HEST-Benchmark's probe)",
-    }
+    settings = MethodSettings(
+        profile=prof, retrieval_k=method_k, retrieval_weighting=feature_config.retrieval_weighting,
+        retrieval_distance=feature_config.retrieval_distance, baseline_k=baseline_k,
+        ridge_alpha=ridge_alpha,
+    )
+    labels = {name: method.label(settings) for name, method in methods.items()}
+    descriptions = {name: method.describe(settings) for name, method in methods.items()}
+    # The frozen encoder state behind each FoldFeatures, captured in memory when it is computed
+    # (the store's model holds exactly that state right after computing it).
+    encoder_states: dict[int, dict[str, torch.Tensor]] = {}
     per_fold: dict[str, list[dict]] = {m: [] for m in opts.methods}
     section_results: dict[str, list[SectionMetrics]] = {m: [] for m in opts.methods}
     timings: dict[str, float] = {}
@@ -385,77 +373,32 @@ def run_benchmark(opts: BenchmarkOptions) -> dict[str, Any]:
         t0 = time.perf_counter()
         feats = store.for_fold(fold.train)
         timings[f"fold{fold.fold}_features"] = time.perf_counter() - t0
-        train_feats = feats.clean[train_rows]
+        if id(feats) not in encoder_states:
+            encoder_states[id(feats)] = {
+                k: v.detach().clone() for k, v in feature_model.image_encoder.model.state_dict().items()
+            }
         predictions: dict[str, np.ndarray] = {}
         details: dict[str, dict] = {m: {} for m in opts.methods}
-
-        for method in ("mclstexp", "bleep_ablation"):
-            if method not in todo:
-                continue
+        for name in todo:
             t0 = time.perf_counter()
-            overrides = dict(base_overrides)
-            if method == "bleep_ablation":
-                overrides.update(BLEEP_ABLATION_OVERRIDES)
-            keep = method == "mclstexp" and (opts.keep_checkpoints or fold.fold == folds_run[0].fold)
+            keep = methods[name].keeps_checkpoint and (
+                opts.keep_checkpoints or fold.fold == folds_run[0].fold)
             ckpt = fold_dir / "checkpoint" if keep else None
             if ckpt is not None and ckpt.exists():
                 shutil.rmtree(ckpt)  # a stale checkpoint of an interrupted run
-            frozen = prof.freeze_image_encoder
-            cached = (feats.training_views(train_rows, prof.include_clean_view)
-                      if frozen and n_views > 0 else None)
-            # The store already calibrated the encoder and computed the features; the model
-            # gets that very encoder state, so train_model must not re-estimate BatchNorm.
-            run_prof = prof.replace(recalibrate_batchnorm=False) if frozen else prof
-            result = train_model(
-                dataset.select(train_rows.tolist()), gene_names,
-                None if ckpt is None else str(ckpt),
-                config_overrides=overrides, profile=run_prof, dataset_preset=opts.dataset,
-                cached_features=cached, seed=opts.seed,
-                pretrained_encoder=feats.encoder_path if frozen else opts.pretrained_encoder,
-                dataset_metadata=meta, progress=progress,
+            context = FoldContext(
+                fold=fold, dataset=dataset, spots=spots, gene_names=gene_names, metadata=meta,
+                train_rows=train_rows, test_rows=test_rows, expression=expression,
+                spot_sections=spot_sections, features=feats,
+                encoder_state=encoder_states[id(feats)] if prof.freeze_image_encoder else None,
+                profile=prof, dataset_preset=opts.dataset, config_overrides=base_overrides,
+                pretrained_encoder=opts.pretrained_encoder, baseline_k=baseline_k,
+                ridge_alpha=ridge_alpha, seed=opts.seed, progress=progress,
+                checkpoint_dir=None if ckpt is None else str(ckpt),
             )
-            model = result.model.eval()
-            if frozen:
-                if encoder_fingerprint(model) != feats.fingerprint:
-                    raise RuntimeError(
-                        f"fold {fold.fold}, {method}: the trained model's frozen encoder is not "
-                        "the one that produced the cached features; its predictions would not "
-                        "match its training. Report this as a bug."
-                    )
-                query_feats = feats.clean[test_rows]  # the very encoder that made the cache
-            else:
-                query_feats = compute_image_features(
-                    model, spots.patches[torch.from_numpy(test_rows)], 1, progress=progress,
-                    channels_last=prof.channels_last,
-                )[0]
-            k = min(int(model.config.retrieval_k), len(model.spot_bank))
-            with torch.no_grad():
-                embeds = model.get_image_features(image_features=query_feats.float()).pooler_output
-                pred = model.predict_expression(image_embeds=embeds, k=k)
-            predictions[method] = pred.expression.numpy()
-            details[method] = {"k": k, "train_spots": result.train_spots,
-                               "train_seconds": result.seconds,
-                               "final_loss": next((h["loss"] for h in reversed(result.history)
-                                                   if "loss" in h), None),
-                               "checkpoint": str(ckpt) if ckpt is not None else None}
-            timings[f"fold{fold.fold}_{method}"] = time.perf_counter() - t0
-            del result, model
-
-        if "topk_mean_frozen" in todo:
-            t0 = time.perf_counter()
-            k = min(baseline_k, len(train_rows))
-            predictions["topk_mean_frozen"] = topk_mean_predict(
-                train_feats, expression[train_rows], feats.clean[test_rows], k)
-            details["topk_mean_frozen"] = {"k": k}
-            timings[f"fold{fold.fold}_topk_mean_frozen"] = time.perf_counter() - t0
-        if "hest_ridge_probe" in todo:
-            t0 = time.perf_counter()
-            pred, info = ridge_probe_predict(
-                train_feats, expression[train_rows], feats.clean[test_rows], seed=opts.seed,
-                alpha=ridge_alpha, groups=spot_sections[train_rows])
-            predictions["hest_ridge_probe"] = pred
-            details["hest_ridge_probe"] = info
-            timings[f"fold{fold.fold}_hest_ridge_probe"] = time.perf_counter() - t0
+            output = methods[name].run(context)
+            predictions[name], details[name] = output.prediction, output.details
+            timings[f"fold{fold.fold}_{name}"] = time.perf_counter() - t0
 
         # ------------------------------------------------------------ evaluate
         offsets = np.cumsum([0] + [len(r) for r in test_rows_by_section.values()])

@@ -68,18 +68,13 @@ def _info(args: argparse.Namespace) -> int:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    sub = add_subcommands(add_command(subparsers, "bank", "build or inspect spot banks"),
-                          "bank_command")
+    sub = add_subcommands(add_command(subparsers, "bank", "build or inspect spot banks"), "bank_command")
     build = add_command(
-        sub,
-        "build",
-        "embed reference spots with a checkpoint's spot tower and save the bank",
-        (
-            "Every spot of --dataset (optionally --sections) goes through the spot tower in "
-            "consecutive runs of --batch-size spots in dataset order (32, as the reference); a "
-            "spot's embedding depends on its run, so the batching is recorded in the bank."
-        ),
-    )
+        sub, "build",
+        "embed reference spots with a checkpoint's spot tower and save the bank", """
+        Every spot of --dataset (optionally --sections) goes through the spot tower in
+        consecutive runs of --batch-size spots in dataset order (32, as the reference);
+        a spot's embedding depends on its run, so the batching is recorded in the bank.""")
     build.add_argument("checkpoint", help="checkpoint folder or Hub model id")
     add_dataset_option(build)
     build.add_argument("--config", default=None, help="dataset config name")

@@ -33,10 +33,10 @@ def command_line(args: argparse.Namespace) -> str:
 
 def _run(args: argparse.Namespace) -> int:
     from mclstexp_hub.benchmark.frozen_features import BN_CALIBRATIONS
-    from mclstexp_hub.benchmark.runner import METHODS, BenchmarkOptions, run_benchmark
+    from mclstexp_hub.benchmark.methods import list_methods
+    from mclstexp_hub.benchmark.runner import BenchmarkOptions, run_benchmark
 
     # choices that live in torch-importing modules are checked here, not by the parser
-    check_choice("--methods", args.methods, METHODS)
     check_choice("--bn-calibration", args.bn_calibration, BN_CALIBRATIONS)
     opts = BenchmarkOptions(
         out=args.out,
@@ -58,7 +58,7 @@ def _run(args: argparse.Namespace) -> int:
         ridge_alpha=args.ridge_alpha,
         bn_calibration=args.bn_calibration,
         folds=args.folds,
-        methods=args.methods or list(METHODS),
+        methods=args.methods or list_methods(),
         keep_checkpoints=args.keep_checkpoints,
         overwrite=args.overwrite,
         seed=args.seed,
@@ -78,18 +78,16 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
+    from mclstexp_hub.benchmark.methods import list_methods  # no torch: cheap for --help
+
     p = add_command(
-        subparsers,
-        "benchmark",
-        "train per fold, evaluate, and compare with baselines on the same folds",
-        (
-            "Builds the patch dataset (or reuses --dataset-dir), trains one model per fold, "
-            "predicts the held-out sections by retrieval and writes RESULTS/summary.{json,md,csv} "
-            "with mclSTExp next to three baselines (BLEEP-style ablation, top-k mean retrieval "
-            "and the HEST PCA+ridge probe on frozen encoder features) and, separately, the "
-            "paper's reported numbers."
-        ),
-    )
+        subparsers, "benchmark",
+        "train per fold, evaluate, and compare with baselines on the same folds", """
+        Builds the patch dataset (or reuses --dataset-dir), trains one model per fold,
+        predicts the held-out sections by retrieval and writes
+        RESULTS/summary.{json,md,csv} with mclSTExp next to three baselines (BLEEP-style
+        ablation, top-k mean retrieval and the HEST PCA+ridge probe on frozen encoder
+        features) and, separately, the paper's reported numbers.""")
     p.add_argument("dataset", choices=list(benchmark_datasets()))
     p.add_argument("--data-dir", default=None, help="raw data folder (e.g. the her2st data/)")
     p.add_argument("--genes", default=None, help="gene panel file (e.g. her2st_785.txt)")
@@ -122,8 +120,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "sections (default for cpu), each fold's 'train' sections, or 'none'")
     p.add_argument("--folds", type=int, nargs="+", default=None,
                    help="run only these fold numbers (default: all)")
-    p.add_argument("--methods", nargs="+", default=None,
-                   help="methods to compare (default: all of mclstexp_hub.benchmark.runner.METHODS)")
+    p.add_argument("--methods", nargs="+", default=None, choices=list_methods(),
+                   help="methods to compare (default: all registered in "
+                        "mclstexp_hub.benchmark.methods)")
     p.add_argument("--keep-checkpoints", action="store_true",
                    help="keep every fold's checkpoint (default: only the first fold's)")
     add_run_options(p, overwrite="replace a finished RESULTS folder", seed=True)

@@ -7,7 +7,7 @@ import sys
 
 from mclstexp_hub.presets import preset_names
 
-from ._options import add_command, add_out_option
+from ._options import add_command, add_out_option, option_values
 
 
 def _card(args: argparse.Namespace) -> int:
@@ -16,12 +16,8 @@ def _card(args: argparse.Namespace) -> int:
     text = render_card(
         args.dataset,
         args.results_dir,
-        repo_id=args.repo_id,
-        license=args.license,
-        dataset_id=args.dataset_id,
-        template=args.template,
-        checkpoint=args.checkpoint,
-        no_results_reason=args.no_results_reason,
+        **option_values(args, ("repo_id", "license", "dataset_id", "template", "checkpoint",
+                               "no_results_reason")),
     )
     if args.out == "-":
         sys.stdout.write(text)
@@ -32,15 +28,12 @@ def _card(args: argparse.Namespace) -> int:
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     card = add_command(
-        subparsers,
-        "card",
-        "write a model card (YAML metadata + text) from a benchmark results directory",
-        (
-            "RESULTS_DIR is the --out of `mclstexp benchmark` (its summary.json). Only its measured "
-            "mclSTExp figures go into the model-index; the paper's figures appear in the text, "
-            "labelled. Without RESULTS_DIR the card says plainly that nothing was measured."
-        ),
-    )
+        subparsers, "card",
+        "write a model card (YAML metadata + text) from a benchmark results directory", """
+        RESULTS_DIR is the --out of `mclstexp benchmark` (its summary.json). Only its
+        measured mclSTExp figures go into the model-index; the paper's figures appear in
+        the text, labelled. Without RESULTS_DIR the card says plainly that nothing was
+        measured.""")
     card.add_argument("results_dir", nargs="?", default=None, help="benchmark output folder")
     card.add_argument("--dataset", choices=sorted(preset_names()), default=None,
                       help="paper dataset (taken from RESULTS_DIR when given)")

@@ -40,16 +40,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     sub = add_subcommands(add_command(subparsers, "data", "build and upload patch datasets"),
                           "data_command")
-    build = add_command(
-        sub,
-        "build",
-        "read raw sections, preprocess expression, cut patches, write parquet + card",
-        (
-            "her2st: --data-dir is the her2st 'data/' folder; cscc: the GEO GSE144240 files; "
-            "visium: Space Ranger outs/ (+ --image); h5ad: the .h5ad file (+ --image)."
-        ),
+    from mclstexp_hub.data.readers import list_readers, reader_class
+
+    layouts = "; ".join(  # from the reader registry: a new reader shows up here by itself
+        f"{kind}: {reader_class(kind).layout}"
+        + (" (+ --image)" if reader_class(kind).image_from_argument else "")
+        for kind in list_readers()
     )
-    build.add_argument("kind", choices=["her2st", "cscc", "visium", "h5ad"])
+    build = add_command(
+        sub, "build",
+        "read raw sections, preprocess expression, cut patches, write parquet + card",
+        f"--data-dir by kind: {layouts}.")
+    build.add_argument("kind", choices=list_readers())
     build.add_argument("--data-dir", required=True, help="input folder (or .h5ad file)")
     add_out_option(build, "output dataset folder")
     build.add_argument("--sections", nargs="+", default=None, help="sections to include")

@@ -20,16 +20,13 @@ def _demo(args: argparse.Namespace) -> int:
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = add_command(
-        subparsers,
-        "demo",
-        "end-to-end demo on SYNTHETIC slides (no network, a few minutes on a CPU)",
-        (
-            "Generates synthetic H&E-like slides whose expression follows the image, builds a "
-            "patch dataset, trains a small model (cpu profile), saves and reloads the checkpoint, "
-            "predicts a held-out slide with `mclstexp predict`, finds spatial domains and reports "
-            "PCC next to a shuffled-image control. Prints the commands for real HER2+ data."
-        ),
-    )
+        subparsers, "demo",
+        "end-to-end demo on SYNTHETIC slides (no network, a few minutes on a CPU)", """
+        Generates synthetic H&E-like slides whose expression follows the image, builds a
+        patch dataset, trains a small model (cpu profile), saves and reloads the
+        checkpoint, predicts a held-out slide with `mclstexp predict`, finds spatial
+        domains and reports PCC next to a shuffled-image control. Prints the commands
+        for real HER2+ data.""")
     p.add_argument("--out", default="demo_out", help="output folder (default demo_out)")
     p.add_argument("--feature-views", type=int, default=None,
                    help="augmented views cached per training patch (default: the demo's, "

@@ -42,15 +42,11 @@ def _run(args: argparse.Namespace) -> int:
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = add_command(
-        subparsers,
-        "evaluate",
-        "predict held-out sections with a checkpoint and write metrics (JSON/CSV/PNG)",
-        (
-            "Embeds every patch of the chosen sections with the checkpoint's image tower, "
-            "predicts expression by retrieval from its spot bank, and writes per-gene Pearson "
-            "r, PCC(ACG/HEG/HVG), MSE and MAE per section and averaged, with figures."
-        ),
-    )
+        subparsers, "evaluate",
+        "predict held-out sections with a checkpoint and write metrics (JSON/CSV/PNG)", """
+        Embeds every patch of the chosen sections with the checkpoint's image tower,
+        predicts expression by retrieval from its spot bank, and writes per-gene Pearson
+        r, PCC(ACG/HEG/HVG), MSE and MAE per section and averaged, with figures.""")
     add_model_option(p, "checkpoint folder (with spot_bank.safetensors)")
     add_dataset_option(p)
     add_sections_option(p, "held-out sections to score (default: all sections of the dataset)")

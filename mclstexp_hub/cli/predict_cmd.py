@@ -46,19 +46,14 @@ def _predict(args: argparse.Namespace) -> int:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    p = add_command(
-        subparsers,
-        "predict",
-        "predict spatial gene expression of a slide into an AnnData (.h5ad)",
-        (
-            "Predict expression at spot positions of an H&E slide with an mclSTExp checkpoint "
-            "(directory or Hub id) and write scanpy-ready AnnData: var_names = genes, X = "
-            "prediction in the checkpoint's units, obsm['spatial'] in full-resolution pixels, "
-            "uns['spatial'][library] with a thumbnail and scale factors, uns['mclstexp'] = units "
-            "and provenance. Spots come from --spots CSV (pixel_x, pixel_y[, spot_id]), "
-            "--visium OUTS_DIR (Space Ranger) or --tile (grid over the tissue)."
-        ),
-    )
+    p = add_command(subparsers, "predict", "predict spatial gene expression of a slide into an "
+                    "AnnData (.h5ad)", """
+        Predict expression at spot positions of an H&E slide with an mclSTExp checkpoint
+        (directory or Hub id) and write scanpy-ready AnnData: var_names = genes, X =
+        prediction in the checkpoint's units, obsm['spatial'] in full-resolution pixels,
+        uns['spatial'][library] with a thumbnail and scale factors, uns['mclstexp'] = units
+        and provenance. Spots come from --spots CSV (pixel_x, pixel_y[, spot_id]),
+        --visium OUTS_DIR (Space Ranger) or --tile (grid over the tissue).""")
     add_model_option(p)
     p.add_argument("--image", required=True, help="full-resolution H&E image (JPEG/PNG/TIFF/SVS)")
     where = p.add_mutually_exclusive_group(required=True)

@@ -35,17 +35,13 @@ def _push(args: argparse.Namespace) -> int:
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     push = add_command(
-        subparsers,
-        "push",
-        "upload a checkpoint (weights, spot bank, processor, code) then its model card",
-        (
-            "Uploads everything a checkpoint directory holds (minus training leftovers) in one "
-            "commit and the model card in a second, last commit. Missing image-processor config "
-            "and pipeline/remote code are derived from the installed package unless "
-            "--no-add-missing. The Hub is HF_ENDPOINT (default huggingface.co); the token is "
-            "--token, HF_TOKEN or the stored login."
-        ),
-    )
+        subparsers, "push",
+        "upload a checkpoint (weights, spot bank, processor, code) then its model card", """
+        Uploads everything a checkpoint directory holds (minus training leftovers) in
+        one commit and the model card in a second, last commit. Missing image-processor
+        config and pipeline/remote code are derived from the installed package unless
+        --no-add-missing. The Hub is HF_ENDPOINT (default huggingface.co); the token is
+        --token, HF_TOKEN or the stored login.""")
     push.add_argument("checkpoint_dir", help="directory written by save_pretrained / mclstexp train")
     push.add_argument("repo_id", help="ORG/NAME of the model repository (created if absent)")
     push.add_argument("--card", default=None,

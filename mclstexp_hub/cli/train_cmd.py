@@ -80,15 +80,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     from mclstexp_hub.training.profiles import DATASET_PRESETS, PROFILE_NAMES
 
     p = add_command(
-        subparsers,
-        "train",
-        "train mclSTExp on a patch dataset; writes weights + spot bank + image processor",
-        (
-            "Profiles: 'paper' = the authors' recipe (end-to-end, 90 epochs on HER2+); 'cpu' = "
-            "frozen image encoder with cached features of augmented views, spot tower + heads "
-            "trained (a documented deviation; see docs/training.md). Options override the profile."
-        ),
-    )
+        subparsers, "train",
+        "train mclSTExp on a patch dataset; writes weights + spot bank + image processor", """
+        Profiles: 'paper' = the authors' recipe (end-to-end, 90 epochs on HER2+); 'cpu'
+        = frozen image encoder with cached features of augmented views, spot tower +
+        heads trained (a documented deviation; see docs/training.md). Options override
+        the profile.""")
     add_dataset_option(p, "patch dataset folder or Hub dataset repo id")
     p.add_argument("--config", default=None, help="dataset config name (default: the dataset's)")
     p.add_argument(

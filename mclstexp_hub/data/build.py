@@ -7,18 +7,21 @@ from pathlib import Path
 
 import anndata as ad
 
+from ..presets import get_preset, preset_names
 from .errors import DataError, preview
 from .hf_dataset import build_patch_dataset
 from .preprocess import DEFAULT_TRANSFORM, preprocess_sections, read_gene_panel
-from .readers import cscc, her2st
-from .readers.h5ad import read_h5ad
-from .readers.visium import read_visium
+from .readers import list_readers, reader_class
 
-KINDS = ("her2st", "cscc", "visium", "h5ad")
-LICENSES = {
-    "her2st": her2st.LICENSE_NOTE,
-    "cscc": cscc.LICENSE_NOTE,
-}
+KINDS = tuple(list_readers())
+"""Reader kinds ``build_dataset`` accepts (the reader registry's)."""
+
+
+def default_license(kind: str, dataset_name: str | None = None) -> str | None:
+    """Licence note for a build: the named paper dataset's (registry), else the reader's."""
+    if dataset_name in preset_names():
+        return get_preset(dataset_name).license_note
+    return reader_class(kind).license_note
 
 
 def read_sections(
@@ -27,29 +30,33 @@ def read_sections(
     sections: Sequence[str] | None = None,
     image: str | Path | None = None,
 ) -> list[ad.AnnData]:
-    """Sections with images for a patch dataset. HER2+/cSCC default to every imaged section;
-    a requested section without an image is an error (it cannot give patches)."""
+    """Sections with images for a patch dataset, read by the ``kind`` reader.
+
+    Without ``sections``, every section that has an image; a requested section without one is
+    an error (it cannot give patches). Readers whose image is not inside ``data_dir``
+    (Visium, h5ad) need ``image``.
+    """
     data_dir = Path(data_dir)
-    if kind == "her2st":
-        names = list(sections) if sections else her2st.list_her2st_sections(data_dir, True)
-        if not names:
-            raise DataError(f"{data_dir}/ST-imgs: no section has an image; nothing to build")
-        adatas = her2st.read_her2st(data_dir, names)
-    elif kind == "cscc":
-        names = list(sections) if sections else cscc.list_cscc_sections(data_dir)
-        adatas = [cscc.read_cscc_section(data_dir, s, require_image=True) for s in names]
-    elif kind in ("visium", "h5ad"):
+    cls = reader_class(kind)
+    if cls.image_from_argument:
         if image is None:
             raise DataError(f"{kind}: pass the full-resolution H&E image with --image")
-        if sections and len(sections) > 1:
-            raise DataError(f"{kind}: one section per build (--sections takes one name here)")
-        name = sections[0] if sections else None
-        if kind == "visium":
-            adatas = [read_visium(data_dir, image, section=name)]
-        else:
-            adatas = [read_h5ad(data_dir, image, section=name)]
+        reader = cls(image=image)
     else:
-        raise DataError(f"unknown data kind {kind!r}; choose one of {KINDS}")
+        if image is not None:
+            takes_image = [k for k in KINDS if reader_class(k).image_from_argument]
+            raise DataError(
+                f"{kind}: --image is only for {takes_image}; the {kind} reader finds each "
+                "section's image in --data-dir — drop --image"
+            )
+        reader = cls()
+    names = list(sections) if sections else reader.list_sections(data_dir, with_images_only=True)
+    if not names:
+        raise DataError(
+            f"{data_dir}: no {kind} section has a full-resolution image; nothing to build "
+            f"(--data-dir must be {reader.layout})"
+        )
+    adatas = reader.read(data_dir, names)
     no_image = [
         str(a.obs["section"].iloc[0])
         for a in adatas
@@ -114,7 +121,7 @@ def build_dataset(
         dataset_name or kind,
         patch_size,
         target_mpp=target_mpp,
-        license=license or LICENSES.get(kind),
+        license=license or default_license(kind, dataset_name or kind),
         overwrite=overwrite,
         progress=progress,
     )

@@ -35,6 +35,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image as PILImage
 
+from ..outputs import check_output, is_dataset_folder
 from .errors import DataError, preview
 from .patches import iter_patches, window_size
 from ..models.mclstexp.slide_io_mclstexp import CROP_CONVENTION, PAD_VALUE, open_slide
@@ -241,19 +242,25 @@ def build_patch_dataset(
     overwrite: bool = False,
     rows_per_group: int = 64,
     progress: bool = False,
+    inputs: Sequence[str | Path] = (),
 ) -> Path:
     """Write preprocessed sections as a Hub-ready patch dataset at ``out_dir``; return it.
 
     ``adatas`` come from ``preprocess_sections`` (X = transformed panel expression) and must
     record their image path (readers do). ``dataset_name`` becomes the config name.
+    ``--overwrite`` replaces only a dataset folder this tool wrote, and ``out_dir`` may never be
+    or contain an input (``inputs`` plus every section's image).
     """
     if not adatas:
         raise DataError("no sections to write")
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", dataset_name):
         raise DataError(f"dataset name {dataset_name!r}: use letters, digits, '_', '-', '.'")
-    out_dir = Path(out_dir)
-    if out_dir.exists() and not overwrite:
-        raise FileExistsError(f"{out_dir} already exists; choose another --out or pass --overwrite")
+    images = [
+        a.uns.get("spatial", {}).get(str(a.obs["section"].iloc[0]), {}).get("metadata", {})
+        .get("image_path") for a in adatas if a.n_obs
+    ]
+    out_dir = check_output(out_dir, overwrite=overwrite, inputs=[*inputs, *images],
+                           is_ours=is_dataset_folder, what="patch dataset")
     genes = [str(g) for g in adatas[0].var_names]
     sections = [_check_section(a, genes) for a in adatas]
     dup = {s for s in sections if sections.count(s) > 1}

@@ -27,7 +27,7 @@ import scipy.sparse as sp
 
 from .errors import DataError, preview
 from .safe_npy import load_npy_safely
-from .transforms import DEFAULT_TRANSFORM, HVG_FLAVORS, TRANSFORMS  # noqa: F401 (re-exported)
+from .transforms import DEFAULT_TRANSFORM, HVG_FLAVORS, TRANSFORMS
 
 logger = logging.getLogger(__name__)
 

@@ -37,6 +37,9 @@ def write_checkpoint(
     keep: entries of the replaced folder to move into the new one (e.g. the Trainer's
         `checkpoints/` resume states); everything else of the old folder is removed.
     """
+    from ..models.mclstexp import register
+
+    register()  # config.json then carries auto_map and the remote code is copied
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise FileExistsError(f"{out} is a file, not a checkpoint folder; choose another path.")

@@ -3,10 +3,10 @@
 A published mclSTExp repository must be a complete predictor: config and weights, the spot
 bank (retrieval needs it), the image processor (the pixel scaling the tower was trained with),
 and the remote code (model, config, spot bank, processor, pipeline) for `trust_remote_code`.
-`push_checkpoint` checks that, fills what can be derived (processor config and pipeline code
-from the installed package), uploads it in one commit, and uploads the model card in a second
-commit, last: transformers' own `push_to_hub` rewrites README.md, and a card that describes a
-repository should only appear once the files it describes are there.
+`push_checkpoint` checks that, fills what can be derived (processor config and pipeline code,
+written by `hub.checkpoint.write_checkpoint`), uploads it in one commit, and uploads the model
+card in a second commit, last: transformers' own `push_to_hub` rewrites README.md, and a card
+that describes a repository should only appear once the files it describes are there.
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ import fnmatch
 import json
 import logging
 import os
-import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -122,35 +121,39 @@ def check_checkpoint(files: dict[str, Path], where: str) -> MclSTExpConfig:
     return config
 
 
-def _derive_missing(files: dict[str, Path], config: MclSTExpConfig, staging: Path) -> list[str]:
-    """Processor config and pipeline code when the directory lacks them (staged, not in place)."""
-    added: list[str] = []
-    if "preprocessor_config.json" not in files:
-        try:
-            from ..models.mclstexp.image_processing_mclstexp import MclSTExpImageProcessor
-        except ImportError:
-            logger.warning("no image processor in this build; publishing without one")
-        else:
-            MclSTExpImageProcessor.from_model_config(config).save_pretrained(staging)
-            for path in sorted(staging.iterdir()):
-                if path.name not in files:  # the checkpoint's own code files win
-                    files[path.name] = path
-                    added.append(path.name)
+def _derive_missing(files: dict[str, Path], root: Path, staging: Path) -> list[str]:
+    """Processor config and pipeline code when the directory lacks them (staged, not in place).
+
+    They come from the one checkpoint writer (`write_checkpoint` of the model loaded from
+    `root`), so a derived file is exactly what a fresh save would have written; the
+    checkpoint's own files win, and its config.json only gains the `custom_pipelines` entry.
+    """
     raw = json.loads(files["config.json"].read_text(encoding="utf-8"))
-    if not raw.get("custom_pipelines"):
-        try:
-            from ..models.mclstexp.pipeline_mclstexp import save_pipeline_code
-        except ImportError:
-            logger.warning("no pipeline in this build; publishing without custom_pipelines")
-        else:
-            shutil.copy2(files["config.json"], staging / "config.json")
-            for written in save_pipeline_code(staging):
-                name = Path(written).name
-                if name not in files:  # the checkpoint's own code files win
-                    files[name] = Path(written)
-                    added.append(name)
-            files["config.json"] = staging / "config.json"
-            added.append("config.json (custom_pipelines entry)")
+    need_processor = "preprocessor_config.json" not in files
+    need_pipeline = not raw.get("custom_pipelines")
+    if not (need_processor or need_pipeline):
+        return []
+    from ..models.mclstexp.modeling_mclstexp import MclSTExpModel
+    from .checkpoint import write_checkpoint
+
+    model = MclSTExpModel.from_pretrained(root, load_spot_bank=False)
+    derived = write_checkpoint(model, staging / "derived")
+    added: list[str] = []
+    if need_processor:
+        files["preprocessor_config.json"] = derived / "preprocessor_config.json"
+        added.append("preprocessor_config.json")
+    if need_pipeline:
+        entry = json.loads((derived / "config.json").read_text(encoding="utf-8"))["custom_pipelines"]
+        (staging / "config.json").write_text(
+            json.dumps({**raw, "custom_pipelines": entry}, indent=2, sort_keys=True) + "\n",
+            encoding="utf-8",
+        )
+        files["config.json"] = staging / "config.json"
+        added.append("config.json (custom_pipelines entry)")
+    for path in sorted(derived.glob("*.py")):
+        if path.name not in files:  # the checkpoint's own code files win
+            files[path.name] = path
+            added.append(path.name)
     return added
 
 
@@ -206,7 +209,7 @@ def push_checkpoint(
         )
     api = HfApi(endpoint=endpoint, token=token)
     with tempfile.TemporaryDirectory(prefix="mclstexp-push-") as tmp:
-        added = _derive_missing(files, config, Path(tmp)) if add_missing else []
+        added = _derive_missing(files, root, Path(tmp)) if add_missing else []
         added += complete_remote_code(files, fill_from=PACKAGE_DIR if add_missing else None)
         card_text = _card_text(card, root, config, repo_id, has_bank)
 
@@ -252,16 +255,18 @@ def push_model(
     card: str | os.PathLike | ModelCard | None = None,
     **kwargs: Any,
 ) -> PushResult:
-    """Save `model` (+ spot bank, + `image_processor`) to a temporary folder and push it.
+    """Push a model object: `write_checkpoint` into a temporary folder, then `push_checkpoint`.
 
-    Without `image_processor`, one matching the model config is derived. Keyword arguments go
-    to `push_checkpoint` (revision, private, token, commit_message, endpoint).
+    The way to publish a model *with its model card*: transformers' `model.push_to_hub` also
+    uploads a complete folder but writes a generic README.md. Without `image_processor`, the
+    one matching the model config is saved. Keyword arguments go to `push_checkpoint`
+    (revision, private, token, commit_message, endpoint).
     """
+    from .checkpoint import write_checkpoint
+
     with tempfile.TemporaryDirectory(prefix="mclstexp-save-") as tmp:
-        model.save_pretrained(tmp)
-        if image_processor is not None:
-            image_processor.save_pretrained(tmp)
-        return push_checkpoint(tmp, repo_id, card=card, **kwargs)
+        folder = write_checkpoint(model, Path(tmp) / "checkpoint", image_processor=image_processor)
+        return push_checkpoint(folder, repo_id, card=card, **kwargs)
 
 
 __all__ = [

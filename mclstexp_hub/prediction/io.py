@@ -4,19 +4,28 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
+
+from ..outputs import check_output, is_prediction_h5ad
 
 
-def check_output_path(path: str | Path, overwrite: bool, suffix: str = ".h5ad") -> Path:
-    """Validate an output file path before any slow work."""
+def check_output_path(
+    path: str | Path, overwrite: bool, suffix: str = ".h5ad", inputs: Iterable[Any] = ()
+) -> Path:
+    """Validate an output file path before any slow work.
+
+    `--overwrite` replaces only a prediction file this tool wrote (see `mclstexp_hub.outputs`);
+    the output may never be one of the `inputs`.
+    """
     path = Path(path)
     if suffix and path.suffix != suffix:
         raise ValueError(f"output {path} must end in {suffix}.")
-    if path.exists() and not overwrite:
-        raise FileExistsError(f"{path} already exists; choose another --out or pass --overwrite.")
     if path.is_dir():
         raise ValueError(f"output {path} is a directory; give a file name ending in {suffix}.")
-    return path
+    return check_output(path, overwrite=overwrite, inputs=inputs, is_ours=is_prediction_h5ad,
+                        what="prediction file")
 
 
 def _publish(tmp: str, path: Path) -> None:
@@ -27,9 +36,10 @@ def _publish(tmp: str, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def write_h5ad_atomic(adata, path: str | Path, overwrite: bool = False) -> Path:
+def write_h5ad_atomic(adata, path: str | Path, overwrite: bool = False,
+                      inputs: Iterable[Any] = ()) -> Path:
     """Write `adata` to a temporary file next to `path`, then rename it into place."""
-    path = check_output_path(path, overwrite)
+    path = check_output_path(path, overwrite, inputs=inputs)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial.h5ad", dir=path.parent)
     os.close(fd)

@@ -89,6 +89,14 @@ def observed_in_model_units(
     values = np.asarray(values, dtype=np.float64)
     if not np.isfinite(values).all() or (values < 0).any():
         raise ValueError(f"{source}: counts must be finite and non-negative (raw counts).")
+    fractional = np.abs(values - np.round(values)) > 1e-6
+    if fractional.any():
+        example = float(values[fractional][0])
+        raise ValueError(
+            f"{source}: holds non-integer values (e.g. {example:g}) — already normalised or "
+            "log-transformed? --observed needs raw counts; the checkpoint's transform "
+            f"({transform}) is applied here."
+        )
     out = np.full((len(spot_ids), len(gene_names)), np.nan, dtype=np.float32)
     out[matched] = normalize_expression(values, transform)
     return out, matched

@@ -9,6 +9,9 @@ provenance, atomic writing and pictures.
 from __future__ import annotations
 
 import logging
+import os
+import shutil
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from ..models.mclstexp.pipeline_mclstexp import TASK, MclSTExpPipeline
+from ..outputs import check_output
 from .io import check_output_path, write_h5ad_atomic
 
 logger = logging.getLogger(__name__)
@@ -25,22 +29,10 @@ DEFAULT_BATCH_SIZE = 32
 
 
 def ensure_registered() -> None:
-    """Register the image processor and the pipeline task with transformers (idempotent)."""
-    from transformers import AutoImageProcessor, AutoModel
-    from transformers.pipelines import PIPELINE_REGISTRY
+    """Register config, model, processor and pipeline with transformers (idempotent)."""
+    from ..models.mclstexp import register
 
-    from ..models.mclstexp.configuration_mclstexp import MclSTExpConfig
-    from ..models.mclstexp.image_processing_mclstexp import MclSTExpImageProcessor
-
-    AutoImageProcessor.register(
-        MclSTExpConfig, image_processor_classes={"torchvision": MclSTExpImageProcessor}, exist_ok=True
-    )
-    # Saving then writes auto_map and copies the processor code (remote-code loading).
-    MclSTExpImageProcessor.register_for_auto_class()
-    if PIPELINE_REGISTRY.supported_tasks.get(TASK, {}).get("impl") is not MclSTExpPipeline:
-        PIPELINE_REGISTRY.register_pipeline(
-            TASK, pipeline_class=MclSTExpPipeline, pt_model=AutoModel, type="image"
-        )
+    register()
 
 
 def resolve_device(device: str | None) -> str:
@@ -128,7 +120,9 @@ def _spots_for(slide, *, spots_csv, visium, tile, patch_size, tile_pitch, min_ti
         table, scalefactors = read_visium_spots(visium)
         diameter = scalefactors.get("spot_diameter_fullres")
         return table, (float(diameter) if diameter else None), f"visium: {visium}"
-    pitch = float(tile_pitch or patch_size)
+    if tile_pitch is not None and not float(tile_pitch) > 0:
+        raise ValueError(f"--tile-pitch must be > 0 full-resolution pixels; got {tile_pitch}.")
+    pitch = float(tile_pitch) if tile_pitch is not None else float(patch_size)
     table = tile_spots(slide, pitch=pitch, patch_size=patch_size,
                        min_tissue_fraction=min_tissue_fraction)
     source = (f"tile: regular grid, pitch {pitch:g} px, tissue by Otsu on thumbnail saturation, "
@@ -184,7 +178,13 @@ def predict_to_h5ad(
     """Predict every spot of `image` and write `out` (.h5ad) atomically; draw `plot_genes`."""
     from mclstexp_hub.models.mclstexp.slide_io_mclstexp import open_slide
 
-    out = check_output_path(out, overwrite)  # fail before any slow work
+    inputs = [image, spots_csv, visium, observed, model if Path(str(model)).exists() else None]
+    out = check_output_path(out, overwrite, inputs=inputs)  # fail before any slow work
+    maps_dir = None
+    if plot_genes:
+        maps_dir = Path(plot_dir) if plot_dir else out.parent / f"{out.stem}_maps"
+        check_output(maps_dir, overwrite=overwrite, inputs=inputs, is_ours=_is_maps_folder,
+                     what="gene-map folder", option="--plot-dir")
     if batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1; got {batch_size}.")
     pipe = pipe or load_pipeline(model, device=device, revision=revision, batch_size=batch_size)
@@ -219,14 +219,49 @@ def predict_to_h5ad(
     mean_r = None
     if observed is not None:
         mean_r = add_observed(adata, observed, genes, config.expression_transform)
-    path = write_h5ad_atomic(adata, out, overwrite=overwrite)
-    plots: list[Path] = []
-    if plot_genes:
-        from ..visualization.spatial_maps import save_gene_maps
+    # Complete or absent: the maps are drawn into a hidden sibling folder first, so a failure
+    # while plotting leaves neither the .h5ad nor a half-written maps folder behind.
+    staged = None
+    try:
+        if maps_dir is not None:
+            from ..visualization.spatial_maps import save_gene_maps
 
-        folder = Path(plot_dir) if plot_dir else out.parent / f"{out.stem}_maps"
-        plots = save_gene_maps(adata, list(plot_genes), folder)
+            maps_dir.parent.mkdir(parents=True, exist_ok=True)
+            staged = Path(tempfile.mkdtemp(prefix=f".{maps_dir.name}.partial-", dir=maps_dir.parent))
+            save_gene_maps(adata, list(plot_genes), staged)
+        path = write_h5ad_atomic(adata, out, overwrite=overwrite, inputs=inputs)
+        plots: list[Path] = []
+        if staged is not None and maps_dir is not None:
+            try:
+                _replace_folder(staged, maps_dir)
+            except BaseException:
+                path.unlink(missing_ok=True)
+                raise
+            staged = None
+            plots = sorted(maps_dir.glob("*.png"))
+    finally:
+        if staged is not None:
+            shutil.rmtree(staged, ignore_errors=True)
     return PredictionResult(adata=adata, path=path, plots=plots, observed_mean_r=mean_r)
+
+
+def _is_maps_folder(path: Path) -> bool:
+    """A folder of gene-map PNGs written by `mclstexp predict --plot` (nothing else in it)."""
+    return path.is_dir() and all(p.is_file() and p.suffix == ".png" for p in path.iterdir())
+
+
+def _replace_folder(new: Path, target: Path) -> None:
+    """Rename `new` onto `target`, replacing an old `target` only once `new` is complete."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(new, 0o777 & ~umask)
+    if target.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
+        os.replace(target, old / "old")
+        os.replace(new, target)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(new, target)
 
 
 __all__ = [

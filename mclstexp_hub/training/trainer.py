@@ -1,35 +1,36 @@
-"""Train mclSTExp with `transformers.Trainer`, then build the spot bank and save a checkpoint.
+"""Train `MclSTExpModel` itself with `transformers.Trainer`, then save a complete checkpoint.
 
-One code path for every mode: a thin `ContrastiveTrainingModule` around `MclSTExpModel` takes
-either pixels (end-to-end, or a frozen encoder run every step) or cached pooled encoder features
-(the CPU profile), computes the model's symmetric contrastive loss, and is what the Trainer
-(and, under `torchrun` / `accelerate launch`, DistributedDataParallel) sees. The spots of one
-batch form the spot tower's attention sequence; under several processes each process's batch is
-its own sequence of `batch_size` spots (the global batch is `batch_size × world size`).
+One code path for every mode: the Trainer (and, under `torchrun` / `accelerate launch`,
+DistributedDataParallel) gets the model, whose `forward` returns the symmetric contrastive loss
+for pixels (end-to-end, or a frozen encoder run every step) or for cached pooled encoder
+features (`image_features`, the CPU profile). A frozen encoder has `requires_grad=False` and
+is kept in eval mode by `freeze_encoder_for_training` (BatchNorm statistics never move). The
+spots of one batch form the spot tower's attention sequence; under several processes each
+process's batch is its own sequence of `batch_size` spots (global batch = batch × world size).
 
-The checkpoint directory written at the end holds the model (config + safetensors + remote
-code), the spot bank of all training spots, the image processor and `training_info.json`. It is
-staged in a hidden folder and moved into place file by file, `config.json` last, so a folder
-that `from_pretrained` can load is always complete.
+Every folder the run saves is a loadable predictor: the Trainer's intermediate `checkpoint-*`
+folders get a spot bank of the training spots built at save time, and the final checkpoint
+(`hub.checkpoint.write_checkpoint`: model, bank, image processor, remote code and
+`training_info.json`) is written atomically.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
-import shutil
 import tempfile
 import time
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
 
+from ..hub.checkpoint import TRAINING_INFO_FILE, write_checkpoint
 from ..models.mclstexp.configuration_mclstexp import MclSTExpConfig
-from ..models.mclstexp.modeling_mclstexp import MclSTExpModel, contrastive_loss
+from ..models.mclstexp.modeling_mclstexp import MclSTExpModel
 from .bank import build_bank_from_dataset, check_dataset_genes
 from .features import compute_image_features, recalibrate_batchnorm
 from .profiles import DATASET_PRESETS, TrainProfile, get_profile
@@ -38,7 +39,6 @@ from .torch_dataset import CachedFeatureDataset, SpotCollator, SpotPatchDataset
 logger = logging.getLogger(__name__)
 
 CHECKPOINTS_DIR = "checkpoints"
-TRAINING_INFO_FILE = "training_info.json"
 FEATURE_CACHE_FILE = "image_features.safetensors"
 POSITION_TABLE_MULTIPLE = 64
 
@@ -106,14 +106,18 @@ def build_training_config(
     return MclSTExpConfig(gene_names=list(gene_names), **values)
 
 
-def load_pretrained_encoder(model: MclSTExpModel, source: str) -> None:
+def load_pretrained_encoder(model: MclSTExpModel, source: str | Mapping[str, torch.Tensor]) -> None:
     """Load image-encoder weights after construction (never in `__init__`).
 
-    `source` is a local state-dict file (.safetensors / .pth / .bin, timm or torchvision key
-    names; `classifier.*` is ignored) or a timm Hub id such as "timm/densenet121.tv_in1k".
+    `source` is a state dict in memory (e.g. a frozen encoder handed over by the benchmark),
+    a local state-dict file (.safetensors / .pth / .bin, timm or torchvision key names;
+    `classifier.*` is ignored) or a timm Hub id such as "timm/densenet121.tv_in1k".
     """
     target = model.image_encoder.model
-    if os.path.isfile(source):
+    if isinstance(source, Mapping):
+        state = dict(source)
+        source = "the given state dict"
+    elif os.path.isfile(source):
         if source.endswith(".safetensors"):
             from safetensors.torch import load_file
 
@@ -144,54 +148,22 @@ def load_pretrained_encoder(model: MclSTExpModel, source: str) -> None:
         logger.warning("Ignored %d unexpected encoder keys from %s", len(unexpected), source)
 
 
-# ------------------------------------------------------------------ training module
-class ContrastiveTrainingModule(nn.Module):
-    """`MclSTExpModel` + the loss, for the Trainer: pixels or cached features in, loss out.
+# ------------------------------------------------------------------ frozen encoder
+def freeze_encoder_for_training(model: MclSTExpModel) -> torch.utils.hooks.RemovableHandle:
+    """Freeze the image encoder for training: no gradients, eval mode at every forward.
 
-    With a frozen encoder it stays in eval mode (BatchNorm statistics fixed) and runs without
-    gradients; the spot tower and both projection heads are trained in every mode.
+    The Trainer calls `model.train()` before every step, which would put the encoder's
+    BatchNorm layers back into train mode (moving their statistics when pixels go through it).
+    A forward pre-hook puts the encoder back into eval mode right before each forward. Remove
+    the returned handle to end it (`requires_grad` stays False).
     """
+    model.image_encoder.requires_grad_(False)
 
-    def __init__(self, model: MclSTExpModel, freeze_image_encoder: bool) -> None:
-        super().__init__()
-        self.model = model
-        self.freeze_image_encoder = freeze_image_encoder
-        if freeze_image_encoder:
-            model.image_encoder.requires_grad_(False)
+    def keep_encoder_in_eval(module: nn.Module, args: Any, kwargs: Any) -> None:
+        if module.image_encoder.training:
+            module.image_encoder.eval()
 
-    def train(self, mode: bool = True) -> ContrastiveTrainingModule:
-        super().train(mode)
-        if self.freeze_image_encoder:
-            self.model.image_encoder.eval()
-        return self
-
-    def state_dict(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
-        # channels-last convolution weights are not contiguous; safetensors needs contiguous.
-        state = super().state_dict(*args, **kwargs)
-        for key, value in state.items():
-            if isinstance(value, torch.Tensor) and not value.is_contiguous():
-                state[key] = value.contiguous()
-        return state
-
-    def forward(
-        self,
-        expression: torch.Tensor,
-        positions: torch.Tensor | None = None,
-        pixel_values: torch.Tensor | None = None,
-        image_features: torch.Tensor | None = None,
-    ) -> dict[str, torch.Tensor]:
-        if (pixel_values is None) == (image_features is None):
-            raise ValueError("Pass exactly one of pixel_values or image_features.")
-        model = self.model
-        if pixel_values is not None and not self.freeze_image_encoder:
-            return {"loss": model(pixel_values=pixel_values, expression=expression, positions=positions).loss}
-        if image_features is None:
-            with torch.no_grad():
-                image_features = model.image_encoder(pixel_values)
-        image_embeds = model.image_projection(image_features.to(model.image_projection.linear_in.weight.dtype))
-        spot_embeds = model.get_spot_features(expression, positions)
-        logits_per_spot = spot_embeds @ image_embeds.T / model.config.contrastive_temperature
-        return {"loss": contrastive_loss(logits_per_spot)}
+    return model.register_forward_pre_hook(keep_encoder_in_eval, with_kwargs=True)
 
 
 def _trainer_classes():
@@ -200,7 +172,24 @@ def _trainer_classes():
     from transformers.trainer_callback import ProgressCallback
 
     class MclSTExpTrainer(Trainer):
-        """The reference's optimiser: AdamW with weight decay on *every* trainable parameter."""
+        """The reference's optimiser (AdamW, weight decay on *every* trainable parameter), and
+        checkpoints that predict: each save first embeds `bank_spots` as the spot bank.
+        """
+
+        bank_spots: SpotPatchDataset | None = None
+        bank_gene_names: list[str] | None = None
+        bank_metadata: dict[str, Any] | None = None
+
+        def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+            # save_pretrained writes the attached bank next to the weights (spot_bank.safetensors);
+            # the bank is built in eval mode without randomness, so training is unaffected.
+            if self.bank_spots is not None and self.args.should_save:
+                model = self.accelerator.unwrap_model(self.model)
+                build_bank_from_dataset(
+                    model, self.bank_spots, progress=False, gene_names=self.bank_gene_names,
+                    dataset_metadata=self.bank_metadata,
+                )
+            super()._save(output_dir, state_dict=state_dict)
 
         def create_optimizer(self, model=None):
             if self.optimizer is None:
@@ -238,45 +227,14 @@ def _trainer_classes():
 
 # -------------------------------------------------------------------- checkpoints
 def _prepare_out_dir(out_dir: str, resume: bool) -> None:
-    ckpt = os.path.join(out_dir, CHECKPOINTS_DIR)
-    has_state = os.path.isfile(os.path.join(out_dir, "config.json")) or os.path.isdir(ckpt)
-    if has_state and not resume:
+    """The final checkpoint replaces `out_dir` whole, so only an empty one (or, to resume, one
+    holding this run's own state) is accepted."""
+    if os.path.isdir(out_dir) and os.listdir(out_dir) and not resume:
         raise FileExistsError(
-            f"{out_dir} already holds a checkpoint or training state; pass --resume "
-            "(resume=True) to continue it, or choose another --out."
+            f"{out_dir} is not empty (a checkpoint, training state or other files); pass "
+            "--resume (resume=True) to continue a run there, or choose another --out."
         )
     os.makedirs(out_dir, exist_ok=True)
-
-
-def save_checkpoint(model: MclSTExpModel, out_dir: str, training_info: dict[str, Any]) -> str:
-    """Write model + bank + image processor + training_info.json into `out_dir`, completely.
-
-    Files are staged in a hidden sibling folder and moved in one by one, config.json last:
-    `from_pretrained` never sees a folder with a config but missing weights.
-    """
-    from ..models.mclstexp.image_processing_mclstexp import MclSTExpImageProcessor
-    from ..models.mclstexp.pipeline_mclstexp import save_pipeline_code
-
-    os.makedirs(out_dir, exist_ok=True)
-    stage = tempfile.mkdtemp(prefix=".staging-", dir=out_dir)
-    try:
-        model.image_encoder.to(memory_format=torch.contiguous_format)
-        model.save_pretrained(stage)
-        MclSTExpImageProcessor(
-            patch_size=model.config.patch_size, pixel_scaling=model.config.pixel_scaling
-        ).save_pretrained(stage)
-        save_pipeline_code(stage)  # the checkpoint also loads as a pipeline without this package
-        with open(os.path.join(stage, TRAINING_INFO_FILE), "w", encoding="utf-8") as handle:
-            json.dump(training_info, handle, indent=2, default=str)
-        names = sorted(os.listdir(stage), key=lambda n: n == "config.json")
-        for name in names:
-            target = os.path.join(out_dir, name)
-            if os.path.isdir(target) and not os.path.islink(target):
-                shutil.rmtree(target)
-            os.replace(os.path.join(stage, name), target)
-    finally:
-        shutil.rmtree(stage, ignore_errors=True)
-    return out_dir
 
 
 # ----------------------------------------------------------------------- training
@@ -322,7 +280,7 @@ def train_model(
     expression_units: str | None = None,
     resume: bool = False,
     progress: bool = True,
-    pretrained_encoder: str | None = None,
+    pretrained_encoder: str | Mapping[str, torch.Tensor] | None = None,
     dataset_metadata: dict[str, Any] | None = None,
     max_steps: int | None = None,
     save_steps: int | None = None,
@@ -454,7 +412,7 @@ def train_model(
     if prof.grad_checkpointing:
         enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
         enable()
-    module = ContrastiveTrainingModule(model, prof.freeze_image_encoder)
+    freeze_handle = freeze_encoder_for_training(model) if prof.freeze_image_encoder else None
     collator = SpotCollator(config.pixel_scaling, augment=prof.augment, channels_last=prof.channels_last)
 
     steps_per_epoch = math.ceil(len(train_set) / (prof.batch_size * world_size))
@@ -493,7 +451,7 @@ def train_model(
     trainer_cls, history_cls, progress_cls = _trainer_classes()
     history_cb = history_cls()
     trainer = trainer_cls(
-        model=module,
+        model=model,
         args=args,
         train_dataset=train_set,
         data_collator=collator,
@@ -501,6 +459,7 @@ def train_model(
     )
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
+    trainer.bank_spots, trainer.bank_gene_names, trainer.bank_metadata = spots, list(gene_names), meta
     trainer.pop_callback(PrinterCallback)  # logs go to `history`, not one printed line per step
     if progress and trainer.pop_callback(ProgressCallback) is not None:
         trainer.add_callback(progress_cls())
@@ -513,6 +472,8 @@ def train_model(
     try:
         trainer.train(resume_from_checkpoint=resume_from)
     finally:
+        if freeze_handle is not None:
+            freeze_handle.remove()
         if temp_output is not None:
             temp_output.cleanup()
     timings["train_seconds"] = time.perf_counter() - t0
@@ -541,15 +502,18 @@ def train_model(
             "cached_feature_views": int(cached_features.shape[0]) if cached_features is not None else 0,
             "world_size": world_size,
             "global_batch_size": prof.batch_size * world_size,
-            "pretrained_encoder": pretrained_encoder,
+            "pretrained_encoder": (
+                "a state dict given in memory" if isinstance(pretrained_encoder, Mapping)
+                else pretrained_encoder
+            ),
             "bank": dict(bank.metadata),
             "seconds": seconds,
             **timings,
             "history": history,
         }
-        save_checkpoint(model, out_dir, info)
-        if not keep_checkpoints and ckpt_dir and os.path.isdir(ckpt_dir):
-            shutil.rmtree(ckpt_dir, ignore_errors=True)
+        # Replaces out_dir whole (it only holds this run's Trainer state): complete or absent.
+        write_checkpoint(model, out_dir, training_info=info, overwrite=True,
+                         keep=(CHECKPOINTS_DIR,) if keep_checkpoints else ())
     if world_size > 1:
         trainer.accelerator.wait_for_everyone()  # every rank returns after the checkpoint exists
     return TrainResult(
@@ -563,12 +527,12 @@ def train_model(
 
 
 __all__ = [
-    "ContrastiveTrainingModule",
+    "TRAINING_INFO_FILE",
     "TrainResult",
     "build_training_config",
     "derive_max_position",
+    "freeze_encoder_for_training",
     "load_pretrained_encoder",
     "resolve_profile",
-    "save_checkpoint",
     "train_model",
 ]

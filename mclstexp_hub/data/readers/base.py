@@ -8,14 +8,16 @@ kind instead of branching on it. Subclasses register themselves with ``@register
 
 from __future__ import annotations
 
+import inspect
 import logging
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, ClassVar, TypeVar
-
-import anndata as ad
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 from ..errors import DataError, preview
+
+if TYPE_CHECKING:
+    import anndata as ad
 
 
 class SectionReader:
@@ -109,10 +111,14 @@ def reader_class(kind: str) -> type[SectionReader]:
 def reader_factory(kind: str, **options: Any) -> SectionReader:
     """A reader for ``kind``, built with its ``options`` (e.g. ``image=`` for Visium/h5ad)."""
     cls = reader_class(kind)
-    try:
-        return cls(**options)
-    except TypeError as exc:
-        raise DataError(f"{kind} reader: {exc}; see {cls.__name__}'s options") from exc
+    accepted = [p for p in inspect.signature(cls).parameters if p not in ("args", "kwargs")]
+    unknown = sorted(set(options) - set(accepted))
+    if unknown:
+        raise DataError(
+            f"{kind} reader ({cls.__name__}) takes no option(s) {unknown}; its options are "
+            f"{accepted or 'none'}"
+        )
+    return cls(**options)
 
 
 __all__ = [

@@ -16,13 +16,14 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from pathlib import Path
-
-import anndata as ad
+from typing import TYPE_CHECKING
 
 from ...presets import get_preset
 from ..errors import DataError, preview
-from ._st import read_st_section
 from .base import SectionReader, register_reader
+
+if TYPE_CHECKING:  # heavy at import time: loaded on first read (keeps `mclstexp --help` fast)
+    import anndata as ad
 
 SOURCE = "cSCC ST (Ji et al., Cell 2020; GEO GSE144240)"
 LICENSE_NOTE = get_preset("cscc").license_note
@@ -79,6 +80,8 @@ class CsccReader(SectionReader):
 
     def read_section(self, data_dir: str | Path, section: str) -> ad.AnnData:
         """One section; missing counts/spot tables raise FileNotFoundError naming the pattern."""
+        from ._st import read_st_section
+
         data_dir = Path(data_dir)
         if not re.fullmatch(r"P\d+_ST_rep\d+", section):
             raise DataError(f"section {section!r}: cSCC sections are named like 'P2_ST_rep1'")

@@ -18,13 +18,14 @@ import logging
 import re
 from collections.abc import Sequence
 from pathlib import Path
-
-import anndata as ad
+from typing import TYPE_CHECKING
 
 from ...presets import get_preset
 from ..errors import DataError, preview
-from ._st import read_st_section
 from .base import SectionReader, register_reader
+
+if TYPE_CHECKING:  # heavy at import time: loaded on first read (keeps `mclstexp --help` fast)
+    import anndata as ad
 
 logger = logging.getLogger(__name__)
 
@@ -80,6 +81,8 @@ class Her2stReader(SectionReader):
 
     def read_section(self, data_dir: str | Path, section: str) -> ad.AnnData:
         """One HER2+ section; missing tables raise FileNotFoundError naming the file."""
+        from ._st import read_st_section
+
         data_dir = Path(data_dir)
         _check_root(data_dir)
         if not _SECTION_RE.match(section):

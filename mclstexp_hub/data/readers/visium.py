@@ -9,22 +9,26 @@ PNGs are never used for patches, so the full-resolution image is passed explicit
 
 ``array_x`` = ``array_col`` and ``array_y`` = ``array_row`` (the integer grid used for the
 position embeddings). Microns per pixel is estimated as 55 µm / ``spot_diameter_fullres``
-unless given.
+unless given. ``VisiumReader`` holds the logic; ``read_visium`` is the entry point kept for
+existing callers. The 10x matrix files are parsed by scanpy (imported on first use).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
-
-import anndata as ad
-import h5py
-import numpy as np
-import pandas as pd
-import scipy.sparse as sp
+from typing import TYPE_CHECKING
 
 from ..errors import DataError, preview
-from ._section import make_section
+from .base import SectionReader, register_reader
+
+if TYPE_CHECKING:  # heavy at import time: loaded on first read (keeps `mclstexp --help` fast)
+    import anndata as ad
+    import pandas as pd
+    import scipy.sparse as sp
 
 SOURCE = "10x Genomics Visium (Space Ranger outs/)"
 VISIUM_SPOT_DIAMETER_UM = 55.0
@@ -38,90 +42,109 @@ POSITION_COLUMNS = [
 ]
 
 
-def _decode(values: np.ndarray) -> list[str]:
-    return [v.decode() if isinstance(v, bytes) else str(v) for v in values]
+def _counts_from_scanpy(
+    adata: ad.AnnData, where: Path
+) -> tuple[sp.csr_matrix, list[str], list[str]]:
+    """(CSR counts, barcodes, gene symbols) of a scanpy-read 10x matrix, in file order."""
+    import scipy.sparse as sp
+
+    if adata.n_vars == 0:
+        raise DataError(
+            f"{where}: no 'Gene Expression' features in the matrix; pass Space Ranger's "
+            "gene-expression filtered_feature_bc_matrix"
+        )
+    return (
+        sp.csr_matrix(adata.X),
+        [str(b) for b in adata.obs_names],
+        [str(g) for g in adata.var_names],
+    )
+
+
+@contextlib.contextmanager
+def _repeated_symbols_expected() -> Iterator[None]:
+    """Silence anndata's "names are not unique" warning: ``make_section`` makes them unique."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Variable names are not unique")
+        yield
 
 
 def read_10x_h5(path: str | Path) -> tuple[sp.csr_matrix, list[str], list[str]]:
     """(barcodes × genes CSR counts, barcodes, gene symbols) from a 10x feature-barcode HDF5.
 
-    Supports the Cell Ranger ≥ 3 schema (``/matrix`` with ``features/``; only "Gene
-    Expression" features are kept) and the v2 schema (``/{genome}`` with ``gene_names``).
+    Parsed by ``scanpy.read_10x_h5`` (Cell Ranger ≥ 3 ``/matrix`` schema, only "Gene
+    Expression" features kept, or the v2 ``/{genome}`` schema with a single genome); gene
+    symbols are returned as stored — ``make_section`` makes repeats unique.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"10x matrix not found: {path}")
+    import scanpy as sc  # slow to import: only when a 10x file is actually read
+
     try:
-        with h5py.File(path, "r") as f:
-            if "matrix" in f:
-                grp = f["matrix"]
-                names = _decode(grp["features/name"][:])
-                ftype = (
-                    _decode(grp["features/feature_type"][:])
-                    if "feature_type" in grp["features"]
-                    else ["Gene Expression"] * len(names)
-                )
-            else:
-                genomes = list(f.keys())
-                if not genomes:
-                    raise DataError(
-                        f"{path}: empty HDF5 file; expected a 10x feature-barcode matrix"
-                    )
-                grp = f[genomes[0]]
-                names = _decode(grp["gene_names"][:])
-                ftype = ["Gene Expression"] * len(names)
-            n_genes, n_barcodes = (int(v) for v in grp["shape"][:])
-            matrix = sp.csr_matrix(
-                (grp["data"][:], grp["indices"][:], grp["indptr"][:]), shape=(n_barcodes, n_genes)
-            )
-            barcodes = _decode(grp["barcodes"][:])
-    except KeyError as exc:
-        raise DataError(
-            f"{path}: not a 10x feature-barcode matrix (missing dataset {exc}); pass "
-            "Space Ranger's filtered_feature_bc_matrix.h5"
-        ) from exc
+        with _repeated_symbols_expected():
+            adata = sc.read_10x_h5(path)
     except OSError as exc:
         raise DataError(f"{path}: unreadable HDF5 file ({exc}); is it complete?") from exc
-    keep = np.array([t == "Gene Expression" for t in ftype])
-    if not keep.any():
-        raise DataError(f"{path}: no 'Gene Expression' features in the matrix")
-    matrix = matrix[:, keep]
-    genes = [n for n, k in zip(names, keep, strict=True) if k]
-    return matrix.tocsr(), barcodes, genes
+    except ValueError as exc:  # several genomes in a v2 file, or no features group
+        raise DataError(
+            f"{path}: {exc}; pass a single-genome Space Ranger filtered_feature_bc_matrix.h5"
+        ) from exc
+    except (KeyError, IndexError) as exc:
+        raise _not_a_10x_h5(path, exc) from exc
+    except Exception as exc:  # scanpy re-raises a missing dataset's KeyError as Exception
+        if isinstance(exc.__cause__, KeyError):
+            raise _not_a_10x_h5(path, exc.__cause__) from exc
+        raise
+    return _counts_from_scanpy(adata, path)
+
+
+def _not_a_10x_h5(path: Path, exc: BaseException) -> DataError:
+    return DataError(
+        f"{path}: not a 10x feature-barcode matrix (missing dataset or group {exc}); pass "
+        "Space Ranger's filtered_feature_bc_matrix.h5"
+    )
+
+
+MTX_LAYOUTS = {
+    "Cell Ranger ≥ 3": ("matrix.mtx.gz", "features.tsv.gz", "barcodes.tsv.gz"),
+    "Cell Ranger 2": ("matrix.mtx", "genes.tsv", "barcodes.tsv"),
+}
+"""The file sets ``scanpy.read_10x_mtx`` reads (it picks the layout by ``genes.tsv``)."""
 
 
 def read_10x_mtx(folder: str | Path) -> tuple[sp.csr_matrix, list[str], list[str]]:
-    """(barcodes × genes CSR, barcodes, gene symbols) from a ``filtered_feature_bc_matrix/``."""
-    import scipy.io
+    """(barcodes × genes CSR, barcodes, gene symbols) from a ``filtered_feature_bc_matrix/``.
 
+    Parsed by ``scanpy.read_10x_mtx`` (only "Gene Expression" features kept); the folder must
+    hold one of ``MTX_LAYOUTS`` complete.
+    """
     folder = Path(folder)
+    complete = [
+        name for name, files in MTX_LAYOUTS.items() if all((folder / f).is_file() for f in files)
+    ]
+    if not complete:
+        expected = "; ".join(f"{k}: {', '.join(v)}" for k, v in MTX_LAYOUTS.items())
+        raise FileNotFoundError(
+            f"{folder}: not a complete 10x mtx folder; expected {expected} (gzip uncompressed "
+            "Cell Ranger ≥ 3 files with `gzip matrix.mtx features.tsv barcodes.tsv`)"
+        )
+    import scanpy as sc  # slow to import: only when a 10x folder is actually read
 
-    def pick(*names: str) -> Path:
-        for n in names:
-            if (folder / n).is_file():
-                return folder / n
-        raise FileNotFoundError(f"{folder}: none of {names} found (10x mtx folder)")
-
-    mtx = pick("matrix.mtx.gz", "matrix.mtx")
-    feats = pick("features.tsv.gz", "features.tsv", "genes.tsv.gz", "genes.tsv")
-    bcs = pick("barcodes.tsv.gz", "barcodes.tsv")
     try:
-        matrix = sp.csr_matrix(scipy.io.mmread(mtx).T)
-    except (ValueError, OSError, EOFError) as exc:
-        raise DataError(f"{mtx}: unreadable Matrix Market file ({exc})") from exc
-    features = pd.read_csv(feats, sep="\t", header=None)
-    barcodes = pd.read_csv(bcs, sep="\t", header=None)[0].astype(str).tolist()
-    genes = features[1 if features.shape[1] > 1 else 0].astype(str).tolist()
-    if features.shape[1] > 2:
-        keep = (features[2] == "Gene Expression").to_numpy()
-        matrix, genes = matrix[:, keep], [g for g, k in zip(genes, keep, strict=True) if k]
-    if matrix.shape != (len(barcodes), len(genes)):
-        raise DataError(f"{folder}: matrix shape {matrix.shape} does not match its tsv files")
-    return matrix.tocsr(), barcodes, genes
+        with _repeated_symbols_expected():
+            adata = sc.read_10x_mtx(folder, var_names="gene_symbols", make_unique=False)
+    except (ValueError, OSError, EOFError, IndexError, KeyError) as exc:
+        raise DataError(
+            f"{folder}: unreadable 10x mtx folder ({type(exc).__name__}: {exc}); the matrix "
+            "and its tsv files must come from the same Space Ranger run"
+        ) from exc
+    return _counts_from_scanpy(adata, folder)
 
 
 def read_tissue_positions(spatial_dir: str | Path) -> pd.DataFrame:
     """Spot table indexed by barcode from whichever tissue-positions file Space Ranger wrote."""
+    import pandas as pd
+
     spatial_dir = Path(spatial_dir)
     new_csv = spatial_dir / "tissue_positions.csv"
     parquet = spatial_dir / "tissue_positions.parquet"
@@ -151,6 +174,125 @@ def read_tissue_positions(spatial_dir: str | Path) -> pd.DataFrame:
     return df.set_index("barcode", drop=False)
 
 
+@register_reader
+class VisiumReader(SectionReader):
+    """One Visium section from Space Ranger ``outs/`` and its full-resolution image.
+
+    image: the H&E image given to Space Ranger (``--image``); None reads expression only.
+    patient: defaults to the section. microns_per_pixel: overrides the scalefactors estimate.
+    labels: per-barcode labels for ``obs["label"]``.
+    """
+
+    name = "visium"
+    layout = "a Space Ranger outs/ folder (filtered_feature_bc_matrix[.h5], spatial/)"
+    image_from_argument = True
+    one_section_per_input = True
+
+    def __init__(
+        self,
+        image: str | Path | None = None,
+        *,
+        patient: str | None = None,
+        microns_per_pixel: float | None = None,
+        labels: pd.Series | None = None,
+    ) -> None:
+        self.image = image
+        self.patient = patient
+        self.microns_per_pixel = microns_per_pixel
+        self.labels = labels
+
+    def list_sections(self, data_dir: str | Path, *, with_images_only: bool = False) -> list[str]:
+        """The one section: named after the folder holding ``outs/`` (or ``outs_dir`` itself)."""
+        outs = Path(data_dir)
+        if with_images_only and self.image is None:
+            return []
+        return [outs.parent.name if outs.name == "outs" else outs.name]
+
+    def read_section(self, data_dir: str | Path, section: str) -> ad.AnnData:
+        """The in-tissue spots present in the filtered matrix, named ``section``."""
+        import pandas as pd
+
+        from ._section import make_section
+
+        outs = Path(data_dir)
+        if not outs.is_dir():
+            raise FileNotFoundError(f"Space Ranger outs/ folder not found: {outs}")
+        h5 = outs / "filtered_feature_bc_matrix.h5"
+        mtx_dir = outs / "filtered_feature_bc_matrix"
+        if h5.is_file():
+            matrix, barcodes, genes = read_10x_h5(h5)
+            mpath = h5
+        elif mtx_dir.is_dir():
+            matrix, barcodes, genes = read_10x_mtx(mtx_dir)
+            mpath = mtx_dir
+        else:
+            raise FileNotFoundError(
+                f"{outs}: neither filtered_feature_bc_matrix.h5 nor filtered_feature_bc_matrix/ "
+                "found; --data-dir must be Space Ranger's outs/ folder"
+            )
+        if len(set(barcodes)) != len(barcodes):
+            dup = pd.Index(barcodes)[pd.Index(barcodes).duplicated()].unique()
+            raise DataError(f"{mpath}: duplicate barcode(s) {preview(dup)}")
+        positions = read_tissue_positions(outs / "spatial")
+        pos_path = positions.attrs["path"]
+        positions = positions[positions["in_tissue"].astype(int) == 1]
+        order = [i for i, b in enumerate(barcodes) if b in positions.index]
+        if not order:
+            raise DataError(
+                f"{mpath} + {pos_path}: no barcode of the matrix is an in-tissue spot of the "
+                "positions file; they are not from the same Space Ranger run"
+            )
+        kept = [barcodes[i] for i in order]
+        spots = positions.loc[kept]
+        labels = self.labels
+        spots = pd.DataFrame(
+            {
+                "spot_id": kept,
+                "array_x": spots["array_col"].to_numpy(),
+                "array_y": spots["array_row"].to_numpy(),
+                "pixel_x": spots["pxl_col_in_fullres"].to_numpy(dtype=float),
+                "pixel_y": spots["pxl_row_in_fullres"].to_numpy(dtype=float),
+                "label": labels.reindex(kept).fillna("").astype(str).to_numpy()
+                if labels is not None
+                else "",
+            }
+        )
+        scalefactors: dict = {}
+        sf_path = outs / "spatial" / "scalefactors_json.json"
+        if sf_path.is_file():
+            try:
+                scalefactors = json.loads(sf_path.read_text())
+            except json.JSONDecodeError as exc:
+                raise DataError(f"{sf_path}: invalid JSON ({exc})") from exc
+        microns_per_pixel = self.microns_per_pixel
+        mpp_source = "given" if microns_per_pixel else None
+        if microns_per_pixel is None and scalefactors.get("spot_diameter_fullres"):
+            microns_per_pixel = VISIUM_SPOT_DIAMETER_UM / float(
+                scalefactors["spot_diameter_fullres"]
+            )
+            mpp_source = "estimated as 55 µm / spot_diameter_fullres (scalefactors_json.json)"
+        image_path = self.image
+        if image_path is not None and not Path(image_path).is_file():
+            raise FileNotFoundError(
+                f"full-resolution image not found: {image_path}; pass the H&E image given to "
+                "Space Ranger (--image), not the hires PNG"
+            )
+        return make_section(
+            matrix[order],
+            genes,
+            spots,
+            section=section,
+            patient=self.patient or section,
+            source=SOURCE,
+            where=f"{mpath} + {pos_path}",
+            image_path=image_path,
+            microns_per_pixel=microns_per_pixel,
+            mpp_source=mpp_source,
+            scalefactors=scalefactors,
+            extra_metadata={"outs_dir": str(outs), "has_image": image_path is not None},
+        )
+
+
 def read_visium(
     outs_dir: str | Path,
     image_path: str | Path | None,
@@ -166,76 +308,7 @@ def read_visium(
     ``patient`` defaults to the section. ``labels`` (indexed by barcode) fills ``obs["label"]``.
     Only in-tissue spots present in the filtered matrix are kept.
     """
-    outs = Path(outs_dir)
-    if not outs.is_dir():
-        raise FileNotFoundError(f"Space Ranger outs/ folder not found: {outs}")
-    h5 = outs / "filtered_feature_bc_matrix.h5"
-    mtx_dir = outs / "filtered_feature_bc_matrix"
-    if h5.is_file():
-        matrix, barcodes, genes = read_10x_h5(h5)
-        mpath = h5
-    elif mtx_dir.is_dir():
-        matrix, barcodes, genes = read_10x_mtx(mtx_dir)
-        mpath = mtx_dir
-    else:
-        raise FileNotFoundError(
-            f"{outs}: neither filtered_feature_bc_matrix.h5 nor filtered_feature_bc_matrix/ found"
-        )
-    if len(set(barcodes)) != len(barcodes):
-        dup = pd.Index(barcodes)[pd.Index(barcodes).duplicated()].unique()
-        raise DataError(f"{mpath}: duplicate barcode(s) {preview(dup)}")
-    positions = read_tissue_positions(outs / "spatial")
-    pos_path = positions.attrs["path"]
-    positions = positions[positions["in_tissue"].astype(int) == 1]
-    order = [i for i, b in enumerate(barcodes) if b in positions.index]
-    if not order:
-        raise DataError(
-            f"{mpath} + {pos_path}: no barcode of the matrix is an in-tissue spot of the "
-            "positions file; they are not from the same Space Ranger run"
-        )
-    kept = [barcodes[i] for i in order]
-    spots = positions.loc[kept]
-    spots = pd.DataFrame(
-        {
-            "spot_id": kept,
-            "array_x": spots["array_col"].to_numpy(),
-            "array_y": spots["array_row"].to_numpy(),
-            "pixel_x": spots["pxl_col_in_fullres"].to_numpy(dtype=float),
-            "pixel_y": spots["pxl_row_in_fullres"].to_numpy(dtype=float),
-            "label": labels.reindex(kept).fillna("").astype(str).to_numpy()
-            if labels is not None
-            else "",
-        }
+    reader = VisiumReader(
+        image_path, patient=patient, microns_per_pixel=microns_per_pixel, labels=labels
     )
-    scalefactors: dict = {}
-    sf_path = outs / "spatial" / "scalefactors_json.json"
-    if sf_path.is_file():
-        try:
-            scalefactors = json.loads(sf_path.read_text())
-        except json.JSONDecodeError as exc:
-            raise DataError(f"{sf_path}: invalid JSON ({exc})") from exc
-    mpp_source = "given" if microns_per_pixel else None
-    if microns_per_pixel is None and scalefactors.get("spot_diameter_fullres"):
-        microns_per_pixel = VISIUM_SPOT_DIAMETER_UM / float(scalefactors["spot_diameter_fullres"])
-        mpp_source = "estimated as 55 µm / spot_diameter_fullres (scalefactors_json.json)"
-    if section is None:
-        section = outs.parent.name if outs.name == "outs" else outs.name
-    if image_path is not None and not Path(image_path).is_file():
-        raise FileNotFoundError(
-            f"full-resolution image not found: {image_path}; pass the H&E image given to "
-            "Space Ranger (--image), not the hires PNG"
-        )
-    return make_section(
-        matrix[order],
-        genes,
-        spots,
-        section=section,
-        patient=patient or section,
-        source=SOURCE,
-        where=f"{mpath} + {pos_path}",
-        image_path=image_path,
-        microns_per_pixel=microns_per_pixel,
-        mpp_source=mpp_source,
-        scalefactors=scalefactors,
-        extra_metadata={"outs_dir": str(outs), "has_image": image_path is not None},
-    )
+    return reader.read_section(outs_dir, section or reader.list_sections(outs_dir)[0])

@@ -21,9 +21,10 @@ RETRIEVAL_DISTANCES: tuple[str, ...] = get_args(RetrievalDistance)
 RETRIEVAL_WEIGHTINGS: tuple[str, ...] = get_args(RetrievalWeighting)
 PIXEL_SCALINGS: tuple[str, ...] = get_args(PixelScaling)
 
-MAX_POSITION_LIMIT = 1 << 20
-"""Largest `max_position` accepted: two (max_position, n_genes) float tables must stay sane
-(1,048,576 rows × 785 genes × 4 B × 2 ≈ 6.6 GB is already far beyond any ST array)."""
+MAX_POSITION_LIMIT = 65536
+"""Largest `max_position` accepted: the reference's table size. Two (65,536, 785) float tables
+are ≈ 400 MB already; ST/Visium array coordinates are grid indices below a few hundred, so a
+larger value means pixel coordinates were passed as array coordinates."""
 
 _POSITIVE_INT_FIELDS = (
     "projection_dim", "spot_encoder_heads", "spot_encoder_head_dim", "max_position",

@@ -352,9 +352,10 @@ class MclSTExpPipeline(Pipeline):
         k = self._check_k(int(k if k is not None else config.retrieval_k))
         distance = distance or config.retrieval_distance
         weighting = weighting or config.retrieval_weighting
-        batch_size = int(batch_size or self._batch_size or DEFAULT_SLIDE_BATCH_SIZE)
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1; got {batch_size}.")
+        if batch_size is None:
+            batch_size = self._batch_size if self._batch_size is not None else DEFAULT_SLIDE_BATCH_SIZE
+        if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer; got {batch_size!r}.")
         table = spot_table(spots)
         reader = open_slide(image)
         try:

@@ -1,0 +1,230 @@
+"""The benchmark's methods, registered by name (`@register_method`, as timm's `@register_model`).
+
+A method is a function `fold context → predictions of the held-out spots`, registered with a
+label and a description built from the run's settings. The runner loops over `list_methods()`
+and never branches on a method's name; a new baseline is one decorated function here.
+
+Importing this module is cheap (no torch): the CLI takes `--methods` choices from it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+
+@dataclass
+class MethodSettings:
+    """What labels and descriptions say about a run (identical for every fold)."""
+
+    profile: Any  # the TrainProfile
+    retrieval_k: int
+    retrieval_weighting: str
+    retrieval_distance: str
+    baseline_k: int
+    ridge_alpha: str | float
+
+
+@dataclass
+class FoldContext:
+    """Everything a method may use for one fold: the same spots for every method.
+
+    encoder_state: the frozen encoder's weights and BatchNorm statistics that produced
+        `features` (handed to training in memory); None for an end-to-end profile.
+    checkpoint_dir: where the method may keep its trained checkpoint (None: keep none).
+    """
+
+    fold: Any  # splits.Fold
+    dataset: Any  # datasets.Dataset of all benchmark spots
+    spots: Any  # SpotPatchDataset of the same rows
+    gene_names: list[str]
+    metadata: dict[str, Any]
+    train_rows: np.ndarray
+    test_rows: np.ndarray
+    expression: np.ndarray  # (N, G) of all spots
+    spot_sections: np.ndarray
+    features: Any  # frozen_features.FoldFeatures
+    encoder_state: dict[str, Any] | None
+    profile: Any
+    dataset_preset: str
+    config_overrides: dict[str, Any]
+    pretrained_encoder: str | None
+    baseline_k: int
+    ridge_alpha: str | float
+    seed: int
+    progress: bool
+    checkpoint_dir: str | None = None
+
+
+@dataclass
+class MethodOutput:
+    """Predictions (len(test_rows), G) in test-row order, and what to record about them."""
+
+    prediction: np.ndarray
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Method:
+    name: str
+    run: Callable[[FoldContext], MethodOutput]
+    label: Callable[[MethodSettings], str]
+    describe: Callable[[MethodSettings], str]
+    keeps_checkpoint: bool = False  # its trained checkpoint is worth keeping (first fold)
+
+
+_METHODS: dict[str, Method] = {}
+
+
+def register_method(
+    name: str,
+    *,
+    label: Callable[[MethodSettings], str],
+    describe: Callable[[MethodSettings], str],
+    keeps_checkpoint: bool = False,
+) -> Callable[[Callable[[FoldContext], MethodOutput]], Callable[[FoldContext], MethodOutput]]:
+    """Decorator: register `run(ctx) -> MethodOutput` as benchmark method `name`."""
+
+    def decorator(run: Callable[[FoldContext], MethodOutput]) -> Callable[[FoldContext], MethodOutput]:
+        if name in _METHODS:
+            raise ValueError(f"benchmark method {name!r} is registered twice.")
+        _METHODS[name] = Method(name=name, run=run, label=label, describe=describe,
+                                keeps_checkpoint=keeps_checkpoint)
+        return run
+
+    return decorator
+
+
+def list_methods() -> list[str]:
+    """Registered method names, in registration order (the benchmark's default order)."""
+    return list(_METHODS)
+
+
+def get_method(name: str) -> Method:
+    """The registered method `name`; a ValueError lists the known names."""
+    try:
+        return _METHODS[name]
+    except KeyError:
+        raise ValueError(
+            f"Unknown benchmark method {name!r}; known methods: {', '.join(_METHODS)}."
+        ) from None
+
+
+# ----------------------------------------------------------------------------- methods
+def _train_and_retrieve(ctx: FoldContext, extra_overrides: dict[str, Any]) -> MethodOutput:
+    """Train on the fold's training spots, then predict the held-out ones from the bank.
+
+    The trained model is used in memory (the object `train_model` returns). With a frozen
+    encoder, training gets the very encoder state that produced the cached features, so the
+    cached clean features of the held-out spots are the model's own image features.
+    """
+    import torch
+
+    from mclstexp_hub.training.features import compute_image_features
+    from mclstexp_hub.training.trainer import train_model
+
+    prof = ctx.profile
+    frozen = prof.freeze_image_encoder
+    cached = (ctx.features.training_views(ctx.train_rows, prof.include_clean_view)
+              if frozen and prof.n_feature_views > 0 else None)
+    # The feature store already calibrated BatchNorm; training must not re-estimate it.
+    run_prof = prof.replace(recalibrate_batchnorm=False) if frozen else prof
+    result = train_model(
+        ctx.dataset.select(ctx.train_rows.tolist()), ctx.gene_names, ctx.checkpoint_dir,
+        config_overrides={**ctx.config_overrides, **extra_overrides}, profile=run_prof,
+        dataset_preset=ctx.dataset_preset, cached_features=cached, seed=ctx.seed,
+        pretrained_encoder=ctx.encoder_state if frozen else ctx.pretrained_encoder,
+        dataset_metadata=ctx.metadata, progress=ctx.progress,
+    )
+    model = result.model.eval()
+    if frozen:
+        query_feats = ctx.features.clean[ctx.test_rows]
+    else:
+        query_feats = compute_image_features(
+            model, ctx.spots.patches[torch.from_numpy(ctx.test_rows)], 1,
+            progress=ctx.progress, channels_last=prof.channels_last,
+        )[0]
+    k = min(int(model.config.retrieval_k), len(model.spot_bank))
+    with torch.no_grad():
+        embeds = model.get_image_features(image_features=query_feats.float()).pooler_output
+        prediction = model.predict_expression(image_embeds=embeds, k=k)
+    final_loss = next((h["loss"] for h in reversed(result.history) if "loss" in h), None)
+    return MethodOutput(
+        prediction=prediction.expression.numpy(),
+        details={"k": k, "train_spots": result.train_spots, "train_seconds": result.seconds,
+                 "final_loss": final_loss, "checkpoint": ctx.checkpoint_dir},
+    )
+
+
+@register_method(
+    "mclstexp",
+    label=lambda s: "mclSTExp (ours)",
+    describe=lambda s: (
+        f"mclSTExp trained with the `{s.profile.name}` profile; retrieval k={s.retrieval_k}, "
+        f"{s.retrieval_weighting} weighting over {s.retrieval_distance} distance, bank = the "
+        "fold's training spots"
+    ),
+    keeps_checkpoint=True,
+)
+def mclstexp(ctx: FoldContext) -> MethodOutput:
+    return _train_and_retrieve(ctx, {})
+
+
+def _bleep_description(settings: MethodSettings) -> str:
+    from .baselines import BLEEP_ABLATION_OVERRIDES
+
+    return ("same training, no spot Transformer and no position embeddings "
+            f"({BLEEP_ABLATION_OVERRIDES}); same retrieval")
+
+
+@register_method("bleep_ablation", label=lambda s: "BLEEP-style ablation", describe=_bleep_description)
+def bleep_ablation(ctx: FoldContext) -> MethodOutput:
+    from .baselines import BLEEP_ABLATION_OVERRIDES
+
+    return _train_and_retrieve(ctx, BLEEP_ABLATION_OVERRIDES)
+
+
+@register_method(
+    "topk_mean_frozen",
+    label=lambda s: f"top-{s.baseline_k} mean, frozen features",
+    describe=lambda s: (
+        f"cosine top-{s.baseline_k} training spots by frozen pooled encoder features (no "
+        "training), plain mean of their expression"
+    ),
+)
+def topk_mean_frozen(ctx: FoldContext) -> MethodOutput:
+    from .baselines import topk_mean_predict
+
+    k = min(ctx.baseline_k, len(ctx.train_rows))
+    prediction = topk_mean_predict(ctx.features.clean[ctx.train_rows],
+                                   ctx.expression[ctx.train_rows],
+                                   ctx.features.clean[ctx.test_rows], k)
+    return MethodOutput(prediction=prediction, details={"k": k})
+
+
+def _ridge_description(settings: MethodSettings) -> str:
+    alpha = {"hest": "= 100/(256·genes) as HEST-Benchmark",
+             "cv": "chosen by leave-one-training-section-out CV"}.get(
+                 str(settings.ridge_alpha), f"= {settings.ridge_alpha}")
+    return (f"StandardScaler + PCA(256) + ridge (alpha {alpha}, with intercept) on frozen pooled "
+            "encoder features, fitted on training spots only (HEST-Benchmark's probe)")
+
+
+@register_method("hest_ridge_probe", label=lambda s: "HEST probe (PCA-256 + ridge)",
+                 describe=_ridge_description)
+def hest_ridge_probe(ctx: FoldContext) -> MethodOutput:
+    from .baselines import ridge_probe_predict
+
+    prediction, info = ridge_probe_predict(
+        ctx.features.clean[ctx.train_rows], ctx.expression[ctx.train_rows],
+        ctx.features.clean[ctx.test_rows], seed=ctx.seed, alpha=ctx.ridge_alpha,
+        groups=ctx.spot_sections[ctx.train_rows],
+    )
+    return MethodOutput(prediction=prediction, details=info)
+
+
+__all__ = ["FoldContext", "Method", "MethodOutput", "MethodSettings", "get_method",
+           "list_methods", "register_method"]

@@ -1,0 +1,146 @@
+"""What `--overwrite` may replace: only an output this tool wrote before, never an input.
+
+One home for the rule every writing command follows (data build, train, bank build, convert,
+predict, benchmark, domains, demo):
+
+* the output must not equal an input, nor contain one (``--out`` = the data folder or one of
+  its ancestors would otherwise delete the raw data; the converter's ``--out`` = the folder of
+  the checkpoint it reads would delete that checkpoint);
+* an existing output is replaced only with ``--overwrite`` *and* only when it is recognisably
+  ours — a folder holding this tool's marker file (``mclstexp_dataset.json``, a checkpoint's
+  ``config.json`` with ``model_type: mclstexp``, …) or a file of the kind we write; anything
+  else is refused with the reason.
+
+Pure Python (no torch), so the data CLI stays fast.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+
+class OutputRefused(ValueError):
+    """The output path is unsafe to write or replace (the message says why and what to do)."""
+
+
+def _resolved(path: str | os.PathLike) -> Path:
+    return Path(os.path.abspath(os.path.expanduser(os.fspath(path)))).resolve()
+
+
+def _is_within(child: Path, parent: Path) -> bool:
+    try:
+        child.relative_to(parent)
+        return True
+    except ValueError:
+        return False
+
+
+def check_not_an_input(out: str | os.PathLike, inputs: Iterable[str | os.PathLike | None]) -> None:
+    """Refuse an output that equals an input or contains one (it would be deleted/replaced)."""
+    target = _resolved(out)
+    for raw in inputs:
+        if raw is None or raw == "":
+            continue
+        source = _resolved(raw)
+        if source == target or _is_within(source, target):
+            raise OutputRefused(
+                f"output {out} {'is' if source == target else 'contains'} the input {raw}; "
+                "writing there would destroy the input. Choose an --out outside the input data."
+            )
+
+
+# ------------------------------------------------------------------------ recognisers
+def is_dataset_folder(path: Path) -> bool:
+    """A folder written by `mclstexp data build`."""
+    return (path / "mclstexp_dataset.json").is_file()
+
+
+def is_checkpoint_folder(path: Path) -> bool:
+    """A folder written by this package's checkpoint writer (config.json of model_type mclstexp)."""
+    config = path / "config.json"
+    if not config.is_file():
+        return False
+    try:
+        return json.loads(config.read_text(encoding="utf-8")).get("model_type") == "mclstexp"
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError):
+        return False
+
+
+def is_benchmark_folder(path: Path) -> bool:
+    """A folder written by `mclstexp benchmark` (its summary or per-fold results)."""
+    return (path / "summary.json").is_file() or (path / "benchmark_options.json").is_file() or any(
+        path.glob("fold_*")
+    )
+
+
+def is_prediction_h5ad(path: Path) -> bool:
+    """An .h5ad written by `mclstexp predict` (it carries uns['mclstexp'])."""
+    try:
+        import h5py
+
+        with h5py.File(path, "r") as handle:
+            return "uns" in handle and "mclstexp" in handle["uns"]
+    except (OSError, ImportError):
+        return False
+
+
+def is_spot_bank_file(path: Path) -> bool:
+    """A spot_bank.safetensors written by this package (format=mclstexp-spot-bank header)."""
+    try:
+        with open(path, "rb") as handle:
+            size = int.from_bytes(handle.read(8), "little")
+            if not 0 < size < 100_000_000:
+                return False
+            header = json.loads(handle.read(size))
+        return header.get("__metadata__", {}).get("format") == "mclstexp-spot-bank"
+    except (OSError, ValueError, UnicodeDecodeError, AttributeError):
+        return False
+
+
+def check_output(
+    out: str | os.PathLike,
+    *,
+    overwrite: bool,
+    inputs: Iterable[str | os.PathLike | None] = (),
+    is_ours: Callable[[Path], bool] | None = None,
+    what: str = "output",
+    option: str = "--out",
+) -> Path:
+    """Validate `out` before any slow work; returns it as a Path.
+
+    Raises FileExistsError when it exists and `overwrite` is False, `OutputRefused` when it is
+    or contains an input, or exists but is not recognisably ours (`is_ours`).
+    """
+    path = Path(out)
+    check_not_an_input(path, inputs)
+    if not path.exists() and not path.is_symlink():
+        return path
+    if path.is_dir() and not any(path.iterdir()) and is_ours is not None:
+        return path  # an empty folder holds nothing to lose
+    if not overwrite:
+        raise FileExistsError(
+            f"{path} already exists; choose another {option} or pass --overwrite to replace it."
+        )
+    if path.is_symlink():
+        raise OutputRefused(f"{path} is a symbolic link; --overwrite never replaces links.")
+    if is_ours is None or not is_ours(path):
+        raise OutputRefused(
+            f"{path} exists and is not a {what} written by mclstexp; --overwrite only replaces "
+            f"this tool's own outputs. Move it away or choose another {option}."
+        )
+    return path
+
+
+__all__ = [
+    "OutputRefused",
+    "check_not_an_input",
+    "check_output",
+    "is_benchmark_folder",
+    "is_checkpoint_folder",
+    "is_dataset_folder",
+    "is_prediction_h5ad",
+    "is_spot_bank_file",
+]
