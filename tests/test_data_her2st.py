@@ -103,6 +103,16 @@ def test_published_panel_and_zero_total_spots():
     assert sum(len(p.uns["mclstexp_preprocessing"]["zero_total_spots"]) for p in out) >= 1
 
 
+def test_build_refuses_silent_spot_drop_c3(tmp_path):
+    from mclstexp_hub.data.build import build_dataset
+    from mclstexp_hub.data.errors import DataError
+
+    with pytest.raises(DataError, match=r"section C3: 2 spot\(s\).*--allow-dropped-spots"):
+        build_dataset("her2st", HER2ST_DIR, tmp_path / "ds", sections=["C3"],
+                      genes_file=GENE_LISTS / "her2st_785.txt", progress=False)
+    assert not (tmp_path / "ds").exists()
+
+
 def test_build_load_round_trip_c3(tmp_path):
     from mclstexp_hub.data.build import build_dataset
     from mclstexp_hub.data.hf_dataset import load_dataset_metadata, load_st_dataset
@@ -113,10 +123,13 @@ def test_build_load_round_trip_c3(tmp_path):
         tmp_path / "ds",
         sections=["C3"],
         genes_file=GENE_LISTS / "her2st_785.txt",
+        allow_dropped_spots=True,  # C3's spot file has 2 spots without a counts row
         progress=False,
     )
     meta = load_dataset_metadata(out)
     assert meta["n_spots"] == {"C3": 180} and meta["transform"] == "log10_cp10k_panel"
+    drop = meta["per_section"]["C3"]["dropped_spots"]
+    assert (drop["spots_without_counts"], drop["counts_without_spot"]) == (2, 0)
     assert (out / "genes.txt").read_text().split() == meta["gene_names"]
     assert "config_name: her2st" in (out / "README.md").read_text()
     ds = load_st_dataset(out, cache_dir=tmp_path / "cache")

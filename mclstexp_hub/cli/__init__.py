@@ -52,18 +52,66 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class Terminated(BaseException):
+    """SIGTERM, delivered as an exception so every `finally`/cleanup path runs (like SIGINT)."""
+
+
+def _raise_terminated(signum, frame) -> None:
+    raise Terminated()
+
+
+def _one_line(exc: BaseException) -> str:
+    """An exception as one line: user errors carry the file/field and the fix already."""
+    text = str(exc) if not isinstance(exc, KeyError) else str(exc.args[0] if exc.args else exc)
+    text = " ".join(part.strip() for part in text.splitlines() if part.strip())
+    return text or type(exc).__name__
+
+
+# What a user can fix (bad input, missing file, refused output): exit 2, message as is.
+_USER_ERRORS = (ValueError, OSError, KeyError, ImportError)
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Run one sub-command; user errors print one line (exit 2), or a traceback with --debug."""
+    """Run one sub-command; errors print one line (exit 2), or a traceback with --debug.
+
+    Interrupts (Ctrl-C / SIGINT → 130, SIGTERM → 143) print one line; outputs are written
+    atomically, so an interrupted command leaves nothing half-written behind.
+    """
     parser = build_parser()
     args = parser.parse_args(argv)
+    name = " ".join(
+        str(v) for v in (args.command, getattr(args, f"{args.command}_command", None)) if v
+    )
+    import signal
+    import threading
+
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, _raise_terminated)
     try:
         return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError, FileExistsError, KeyError) as exc:
+    except KeyboardInterrupt:
+        print(f"mclstexp {name}: interrupted (SIGINT); partial outputs were removed",
+              file=sys.stderr)
+        return 130
+    except Terminated:
+        print(f"mclstexp {name}: interrupted (SIGTERM); partial outputs were removed",
+              file=sys.stderr)
+        return 143
+    except _USER_ERRORS as exc:
         if args.debug:
             raise
-        # user-facing errors carry the file/field and the fix in their message
-        print(f"mclstexp {args.command}: error: {exc}", file=sys.stderr)
+        print(f"mclstexp {name}: error: {_one_line(exc)}", file=sys.stderr)
         return 2
+    except Exception as exc:  # noqa: BLE001 - last line of defence: never a raw traceback
+        if args.debug:
+            raise
+        print(f"mclstexp {name}: error: {type(exc).__name__}: {_one_line(exc)} (unexpected; "
+              "rerun with --debug for the traceback and report it)", file=sys.stderr)
+        return 1
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

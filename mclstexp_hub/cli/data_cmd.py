@@ -17,7 +17,7 @@ def _build(args: argparse.Namespace) -> int:
         **option_values(
             args,
             ("sections", "transform", "patch_size", "target_mpp", "source_mpp", "image",
-             "overwrite", "license", "n_top", "min_spots"),
+             "overwrite", "license", "n_top", "min_spots", "allow_dropped_spots"),
             genes_file="genes", fill_missing="fill_missing_genes", dataset_name="name",
             flavor="hvg_flavor",
         ),
@@ -83,6 +83,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     build.add_argument("--n-top", type=int, default=1000, help="recipe: HVGs per section")
     build.add_argument("--min-spots", type=int, default=1000, help="recipe: min expressing spots")
     build.add_argument("--hvg-flavor", choices=list(HVG_FLAVORS), default="seurat")
+    build.add_argument(
+        "--allow-dropped-spots",
+        action="store_true",
+        help="build even when counts and spot positions join only partially (spots without "
+        "counts, counts without spots); the drop is recorded per section in the metadata",
+    )
     add_run_options(build, quiet="no progress bar")
     build.set_defaults(func=_build)
 

@@ -254,7 +254,10 @@ def build_patch_dataset(
     if not adatas:
         raise DataError("no sections to write")
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", dataset_name):
-        raise DataError(f"dataset name {dataset_name!r}: use letters, digits, '_', '-', '.'")
+        raise DataError(
+            f"dataset name (--name) {dataset_name!r}: use only letters, digits, '_', '-', '.' "
+            "and start with a letter or digit (it becomes the config and folder name)"
+        )
     images = [
         a.uns.get("spatial", {}).get(str(a.obs["section"].iloc[0]), {}).get("metadata", {})
         .get("image_path") for a in adatas if a.n_obs
@@ -315,6 +318,7 @@ def build_patch_dataset(
                 "zero_total_spots": list(
                     a.uns["mclstexp_preprocessing"].get("zero_total_spots", [])
                 ),
+                "dropped_spots": md.get("dropped_spots"),
             }
         meta = {
             "format_version": FORMAT_VERSION,

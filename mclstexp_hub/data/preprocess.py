@@ -39,12 +39,38 @@ def read_gene_panel(path: str | Path) -> list[str]:
     if not path.is_file():
         raise FileNotFoundError(f"gene panel file not found: {path} (one gene symbol per line)")
     if path.suffix == ".npy":
-        genes = [str(g) for g in load_npy_safely(path).ravel()]  # never runs pickles
+        try:
+            array = load_npy_safely(path)  # never runs pickles
+        except (ValueError, OSError, EOFError) as exc:
+            raise DataError(f"gene panel {exc}") from None
+        if array.dtype.kind not in "OUS":
+            raise DataError(
+                f"{path}: the gene panel holds {array.dtype} values, not gene symbols; save the "
+                "symbols as strings (or as text, one per line)"
+            )
+        genes = [g.decode() if isinstance(g, bytes) else str(g) for g in array.ravel()]
+        genes = [g.strip() for g in genes if g.strip()]
     else:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as exc:
+            raise DataError(
+                f"{path}: the gene panel is not UTF-8 text (byte {exc.start} is "
+                f"{exc.object[exc.start:exc.start + 1]!r}); pass a text file with one gene "
+                "symbol per line (or a .npy of strings)"
+            ) from None
+        if "\x00" in text:
+            raise DataError(
+                f"{path}: the gene panel holds NUL bytes (a binary file?); pass a text file "
+                "with one gene symbol per line (or a .npy of strings)"
+            )
+        lines = text.splitlines()
         genes = [ln.strip() for ln in lines if ln.strip() and not ln.lstrip().startswith("#")]
     if not genes:
-        raise DataError(f"{path}: the gene panel is empty")
+        raise DataError(
+            f"{path}: the gene panel is empty; list one gene symbol per line (blank lines and "
+            "'#' comments are ignored)"
+        )
     seen: set[str] = set()
     dup = [g for g in genes if g in seen or seen.add(g)]
     if dup:
@@ -93,7 +119,12 @@ def select_genes(
     flavor: str = "seurat",
 ) -> list[str]:
     """The written recipe: shared genes → union of per-section top-``n_top`` HVGs → genes
-    expressed in ≥ ``min_spots`` spots over all sections (order: first section's)."""
+    expressed in ≥ ``min_spots`` spots over all sections (order: first section's).
+    ``n_top`` must be ≥ 1; ``min_spots`` 0 keeps every HVG."""
+    if isinstance(n_top, bool) or not isinstance(n_top, (int, np.integer)) or n_top < 1:
+        raise DataError(f"n_top (--n-top) {n_top!r}: must be an integer ≥ 1 (e.g. 1000)")
+    if isinstance(min_spots, bool) or not isinstance(min_spots, (int, np.integer)) or min_spots < 0:
+        raise DataError(f"min_spots (--min-spots) {min_spots!r}: must be an integer ≥ 0")
     genes = shared_genes(adatas)
     if not genes:
         raise DataError("the sections share no gene symbol; check that they use the same naming")
@@ -177,6 +208,12 @@ def preprocess_sections(
         have = idx >= 0
         if have.any():
             panel[:, have] = X[:, idx[have]].toarray()
+        if not panel.any():
+            raise DataError(
+                f"section {section}: all {len(genes)} panel genes have zero counts in all "
+                f"{a.n_obs} spots, so it carries no expression to learn from; check its counts "
+                "file (or the panel), or leave the section out of --sections"
+            )
         new = ad.AnnData(
             X=normalize_expression(panel, transform),
             obs=a.obs.copy(),

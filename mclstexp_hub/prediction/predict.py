@@ -69,8 +69,6 @@ def load_pipeline(
                 f"model not found: {model}. Pass a checkpoint directory (with config.json, "
                 "model.safetensors, spot_bank.safetensors) or a Hub model id 'org/name'."
             )
-        if not (path / "config.json").is_file():
-            raise FileNotFoundError(f"{path}/config.json not found: {path} is not a saved checkpoint.")
         model = str(path)
         source = {"model": model, "model_revision": "local directory"}
     else:
@@ -81,11 +79,24 @@ def load_pipeline(
         commit = getattr(revision, "resolved", None)
         source = {"model": model, "model_revision": str(revision or "main")
                   + (f" (commit {commit})" if commit and commit != str(revision) else "")}
+    # The model is loaded with this package's class (not the Auto factory, which hides the
+    # real error behind "could not load with any of the classes"), then handed to the pipeline.
+    from transformers import AutoImageProcessor
+
+    from ..models.mclstexp.modeling_mclstexp import MclSTExpModel
+
+    device = resolve_device(device)
+    loaded = MclSTExpModel.from_pretrained(model, revision=revision)
+    try:
+        processor = AutoImageProcessor.from_pretrained(model, revision=revision,
+                                                       trust_remote_code=False)
+    except (OSError, ValueError):
+        processor = None  # the pipeline builds one from the config (and says so)
     pipe = pipeline(
         TASK,
-        model=model,
-        revision=revision,
-        device=resolve_device(device),
+        model=loaded,
+        image_processor=processor,
+        device=device,
         pipeline_class=MclSTExpPipeline,
         batch_size=batch_size,
     )

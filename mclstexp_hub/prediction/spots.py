@@ -6,6 +6,7 @@ patches were cut for training.
 
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 from typing import Any
@@ -27,10 +28,17 @@ def read_spots_csv(path: str | Path) -> pd.DataFrame:
             f"spots file not found: {path}. Give a CSV with columns pixel_x, pixel_y "
             "(full-resolution pixel centres) and optionally spot_id."
         )
+    if path.stat().st_size == 0:
+        raise ValueError(f"{path}: the spots file is empty (0 bytes); give a CSV with a header "
+                         "line `spot_id,pixel_x,pixel_y` and one row per spot.")
     try:
         table = pd.read_csv(path, sep=None, engine="python")
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
-        raise ValueError(f"{path}: cannot parse the spots table ({exc}).") from exc
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, csv.Error,
+            ValueError) as exc:
+        raise ValueError(
+            f"{path}: cannot parse the spots table ({exc}); give a comma- or tab-separated text "
+            "file with columns pixel_x, pixel_y (and optionally spot_id)."
+        ) from None
     missing = [c for c in ("pixel_x", "pixel_y") if c not in table.columns]
     if missing:
         raise ValueError(

@@ -459,6 +459,9 @@ def train_model(
     )
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
+    # forward takes **kwargs, but its loss is a per-batch mean that ignores num_items_in_batch;
+    # otherwise the Trainer would scale it by the number of processes under DDP.
+    trainer.model_accepts_loss_kwargs = False
     trainer.bank_spots, trainer.bank_gene_names, trainer.bank_metadata = spots, list(gene_names), meta
     trainer.pop_callback(PrinterCallback)  # logs go to `history`, not one printed line per step
     if progress and trainer.pop_callback(ProgressCallback) is not None:

@@ -9,6 +9,7 @@ import zlib
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 from PIL import Image
 
 from .harness import Case
@@ -252,6 +253,16 @@ def _partial_join_allowed(work, assets):
     return [*args, "--allow-dropped-spots"]
 
 
+def _check_drop_recorded(work: Path, assets) -> None:
+    from mclstexp_hub.data.hf_dataset import load_dataset_metadata, load_st_dataset
+
+    meta = load_dataset_metadata(work / "ds")
+    drop = meta["per_section"]["B1"]["dropped_spots"]
+    assert drop["spots_without_counts"] > 0 and drop["counts_without_spot"] == 0
+    assert meta["per_section"]["A1"]["dropped_spots"]["spots_without_counts"] == 0
+    assert load_st_dataset(work / "ds", sections=["B1"]).num_rows == meta["n_spots"]["B1"]
+
+
 def _all_zero_expression(work, assets):
     data = _raw(work, assets)
     path = _counts(data)
@@ -408,7 +419,7 @@ CASES = [
          ("B1", "--allow-dropped-spots")),
     Case("data-partial-join-allowed", "data", "counts",
          "partial join with --allow-dropped-spots: built, drop recorded", _partial_join_allowed,
-         code=0, leaves=("ds",), verdict="used as given"),
+         code=0, leaves=("ds",), check=_check_drop_recorded, verdict="used as given"),
     Case("data-all-zero", "data", "counts", "a section whose counts are all zero",
          _all_zero_expression, ("B1", "zero")),
     Case("data-panel-binary", "data", "messages", "binary gene panel", _panel_binary,
@@ -431,4 +442,259 @@ CASES = [
          check=_check_min_spots_zero, verdict="used as given"),
     Case("data-target-mpp-zero", "data", "zero", "--target-mpp 0", _target_mpp_zero,
          ("target-mpp",)),
+]
+
+
+# ------------------------------------------------------------------ added: more data cases
+def _fixtures():
+    """tests/data_fixtures.py (on sys.path as `data_fixtures` under pytest's rootdir insertion)."""
+    try:
+        import data_fixtures
+    except ImportError:  # run from the repository root as a package
+        from tests import data_fixtures
+    return data_fixtures
+
+
+def _panel(work: Path) -> Path:
+    panel = work / "fixture_genes.txt"
+    panel.write_text("\n".join(_fixtures().GENES) + "\n")
+    return panel
+
+
+def _visium(work: Path) -> dict:
+    return _fixtures().write_visium_outs(work / "S7")
+
+
+def _visium_build(f: dict, work: Path) -> list[str]:
+    return ["data", "build", "visium", "--data-dir", f["outs"], "--image", f["image"], "--out",
+            work / "ds", "--genes", _panel(work), "--patch-size", "32", "--quiet"]
+
+
+def _visium_ok(work, assets):
+    return _visium_build(_visium(work), work)
+
+
+def _visium_non_integer(work, assets):
+    import h5py
+
+    f = _visium(work)
+    with h5py.File(f["outs"] / "filtered_feature_bc_matrix.h5", "r+") as handle:
+        data = handle["matrix/data"][:].astype(np.float32) + 0.5
+        del handle["matrix/data"]
+        handle["matrix"].create_dataset("data", data=data)
+    return _visium_build(f, work)
+
+
+def _visium_no_positions(work, assets):
+    f = _visium(work)
+    (f["outs"] / "spatial" / "tissue_positions.csv").unlink()
+    return _visium_build(f, work)
+
+
+def _visium_corrupt_h5(work, assets):
+    f = _visium(work)
+    h5 = f["outs"] / "filtered_feature_bc_matrix.h5"
+    h5.write_bytes(h5.read_bytes()[:200])
+    return _visium_build(f, work)
+
+
+def _visium_spots_outside(work, assets):
+    f = _visium(work)
+    path = f["outs"] / "spatial" / "tissue_positions.csv"
+    table = pd.read_csv(path)
+    table.loc[table["in_tissue"] == 1, "pxl_col_in_fullres"] += 5000.0  # beyond the 700 px width
+    table.to_csv(path, index=False)
+    return _visium_build(f, work)
+
+
+def _visium_mismatched_barcodes(work, assets):
+    f = _visium(work)
+    path = f["outs"] / "spatial" / "tissue_positions.csv"
+    table = pd.read_csv(path)
+    table.loc[:3, "barcode"] = [f"GGGGGG{i:04d}-1" for i in range(4)]  # 4 not in the matrix
+    table.to_csv(path, index=False)
+    return _visium_build(f, work)
+
+
+def _visium_positions_non_numeric(work, assets):
+    f = _visium(work)
+    path = f["outs"] / "spatial" / "tissue_positions.csv"
+    lines = path.read_text().splitlines()
+    row = lines[1].split(",")
+    row[-1] = "n/a"  # pxl_col_in_fullres
+    path.write_text("\n".join([lines[0], ",".join(row), *lines[2:]]) + "\n")
+    return _visium_build(f, work)
+
+
+def _h5ad(work: Path, *, fractional: bool) -> list[str]:
+    import anndata as ad
+
+    fx = _fixtures()
+    ax, ay, px, py = fx.grid_spots()
+    counts = fx.counts_for(len(ax)).astype(np.float32)
+    if fractional:
+        counts = counts * 0.37  # normalised-looking values, not raw counts
+    adata = ad.AnnData(X=counts, obs=pd.DataFrame(index=[f"s{i}" for i in range(len(ax))]),
+                       var=pd.DataFrame(index=fx.GENES))
+    adata.obsm["spatial"] = np.stack([px, py], axis=1)
+    path = work / "sample.h5ad"
+    adata.write_h5ad(path)
+    image = work / "sample_HE.png"
+    Image.fromarray(fx.tissue_image(700, 600)).save(image)
+    return ["data", "build", "h5ad", "--data-dir", path, "--image", image, "--out", work / "ds",
+            "--genes", _panel(work), "--patch-size", "32", "--quiet"]
+
+
+def _h5ad_non_integer(work, assets):
+    return _h5ad(work, fractional=True)
+
+
+def _h5ad_image_missing(work, assets):
+    args = _h5ad(work, fractional=False)
+    args[args.index("--image") + 1] = work / "no_such_slide.png"
+    return args
+
+
+def _cscc_no_image(work, assets):
+    _fixtures().write_st_section(work / "cscc", image=False)
+    return ["data", "build", "cscc", "--data-dir", work / "cscc", "--out", work / "ds",
+            "--sections", "P2_ST_rep1", "--genes", _panel(work), "--patch-size", "32", "--quiet"]
+
+
+def _sections_twice(work, assets):
+    data = _raw(work, assets)
+    args = _build(data, work / "ds", assets)
+    i = args.index("--sections")
+    args[i + 1 : i + 3] = ["B1", "B1"]
+    return args
+
+
+def _name_with_slash(work, assets):
+    return [*_build(_raw(work, assets), work / "ds", assets), "--name", "my/data"]
+
+
+def _data_dir_is_file(work, assets):
+    target = work / "data.tsv"
+    target.write_text("not a folder\n")
+    return _build(target, work / "ds", assets)
+
+
+def _spots_none_selected(work, assets):
+    data = _raw(work, assets)
+    path = _spots(data)
+    table = pd.read_csv(path, sep="\t")
+    table["selected"] = 0
+    table.to_csv(path, sep="\t", index=False)
+    return _build(data, work / "ds", assets)
+
+
+def _spots_orphan_counts(work, assets):
+    """Half of B1's counts rows have no spot in the spot file (the other direction of a drop)."""
+    data = _raw(work, assets)
+    path = _spots(data)
+    lines = path.read_text().splitlines()
+    path.write_text("\n".join(lines[: 1 + (len(lines) - 1) // 2]) + "\n")
+    return _build(data, work / "ds", assets)
+
+
+def _panel_duplicate(work, assets):
+    data = _raw(work, assets)
+    panel = work / "panel.txt"
+    panel.write_text("\n".join([*assets.genes[:4], assets.genes[1]]) + "\n")
+    args = _build(data, work / "ds", assets)
+    args[args.index("--genes") + 1] = panel
+    return args
+
+
+class _Payload:
+    """Unpickling this would create `pwned` in the work folder (it must never run)."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, (f"touch {self.marker}",))
+
+
+def _panel_npy_pickle(work, assets):
+    import pickle
+
+    data = _raw(work, assets)
+    panel = work / "panel.npy"
+    header = {"descr": "|O", "fortran_order": False, "shape": (1,)}
+    with open(panel, "wb") as handle:
+        np.lib.format.write_array_header_1_0(handle, header)
+        pickle.dump(_Payload(work / "pwned"), handle, protocol=2)
+    args = _build(data, work / "ds", assets)
+    args[args.index("--genes") + 1] = panel
+    return args
+
+
+def _source_mpp_zero(work, assets):
+    return [*_build(_raw(work, assets), work / "ds", assets), "--source-mpp", "0"]
+
+
+def _min_spots_negative(work, assets):
+    data = _raw(work, assets)
+    args = _build(data, work / "ds", assets)
+    i = args.index("--genes")
+    del args[i : i + 2]
+    return [*args, "--min-spots", "-1"]
+
+
+def _counts_truncated_gzip(work, assets):
+    data = _raw(work, assets)
+    path = _counts(data)
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    return _build(data, work / "ds", assets)
+
+
+CASES += [
+    Case("data-visium-ok", "data", "counts", "a valid Visium outs/ + image builds (control)",
+         _visium_ok, code=0, leaves=("ds",), verdict="used as given"),
+    Case("data-visium-non-integer", "data", "counts", "Visium matrix with fractional counts",
+         _visium_non_integer, ("filtered_feature_bc_matrix.h5", "non-integer")),
+    Case("data-visium-no-positions", "data", "messages", "Visium outs/ without tissue positions",
+         _visium_no_positions, ("tissue positions", "tissue_positions.csv")),
+    Case("data-visium-corrupt-h5", "data", "decode", "truncated filtered_feature_bc_matrix.h5",
+         _visium_corrupt_h5, ("filtered_feature_bc_matrix.h5",)),
+    Case("data-visium-spots-outside", "data", "messages",
+         "Visium spot centres outside the full-resolution image", _visium_spots_outside,
+         ("fullres.png", "outside")),
+    Case("data-visium-mismatched-barcodes", "data", "counts",
+         "positions barcodes that are not in the matrix (partial join)",
+         _visium_mismatched_barcodes, ("S7", "tissue_positions.csv", "--allow-dropped-spots")),
+    Case("data-visium-positions-non-numeric", "data", "messages",
+         "tissue_positions.csv with a non-numeric pixel column", _visium_positions_non_numeric,
+         ("tissue_positions.csv", "pxl_col_in_fullres")),
+    Case("data-h5ad-non-integer", "data", "counts", "h5ad whose X holds normalised values",
+         _h5ad_non_integer, ("sample.h5ad", "non-integer")),
+    Case("data-h5ad-image-missing", "data", "messages", "h5ad build whose --image is absent",
+         _h5ad_image_missing, ("no_such_slide.png", "--image")),
+    Case("data-cscc-no-image", "data", "messages", "cSCC section requested without its .jpg",
+         _cscc_no_image, ("P2_ST_rep1", "image")),
+    Case("data-sections-twice", "data", "messages", "--sections B1 B1", _sections_twice,
+         ("--sections", "B1", "more than once")),
+    Case("data-name-slash", "data", "paths", "--name with a slash", _name_with_slash,
+         ("--name", "my/data")),
+    Case("data-dir-is-file", "data", "paths", "--data-dir names a file", _data_dir_is_file,
+         ("data.tsv", "not a folder")),
+    Case("data-spots-none-selected", "data", "counts", "spot file whose rows are all selected=0",
+         _spots_none_selected, ("B1_selection.tsv", "selected")),
+    Case("data-spots-orphan-counts", "data", "counts",
+         "counts rows with no spot in the spot file (partial join)", _spots_orphan_counts,
+         ("B1", "counts row(s) have no spot", "--allow-dropped-spots")),
+    Case("data-panel-duplicate", "data", "messages", "gene panel listing a gene twice",
+         _panel_duplicate, ("panel.txt", "duplicate")),
+    Case("data-panel-npy-pickle", "data", "decode",
+         ".npy gene panel carrying a pickle payload (must never run)", _panel_npy_pickle,
+         ("panel.npy", "refused")),
+    Case("data-source-mpp-zero", "data", "zero", "--source-mpp 0", _source_mpp_zero,
+         ("--source-mpp",)),
+    Case("data-min-spots-negative", "data", "zero", "--min-spots -1", _min_spots_negative,
+         ("--min-spots",)),
+    Case("data-counts-truncated-gzip", "data", "decode", "counts .tsv.gz cut in half",
+         _counts_truncated_gzip, ("B1.tsv.gz",)),
 ]

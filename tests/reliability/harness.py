@@ -89,6 +89,8 @@ def run_cli(argv: list[str], capsys, case: Case) -> tuple[int, str, str]:
     os.environ.update(case.env)
     try:
         code = main(argv)
+    except SystemExit as exc:  # argparse's own usage errors
+        code = exc.code if isinstance(exc.code, int) else 2
     finally:
         for k, v in old.items():
             if v is None:

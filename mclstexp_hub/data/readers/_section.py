@@ -21,9 +21,15 @@ from ..errors import DataError, preview
 OBS_COLUMNS = ["spot_id", "array_x", "array_y", "pixel_x", "pixel_y", "section", "patient", "label"]
 
 
-def check_counts(matrix: sp.spmatrix | np.ndarray, where: str) -> sp.csr_matrix:
-    """CSR float32 raw counts; NaN, infinite or negative values are errors naming ``where``."""
-    csr = sp.csr_matrix(matrix, dtype=np.float32)
+def check_counts(
+    matrix: sp.spmatrix | np.ndarray, where: str, *, integer: bool = True
+) -> sp.csr_matrix:
+    """CSR float32 raw counts; NaN, infinite, negative or (``integer``) fractional values are
+    errors naming ``where``. Every reader goes through here (via ``make_section``)."""
+    try:
+        csr = sp.csr_matrix(matrix, dtype=np.float32)
+    except (TypeError, ValueError) as exc:
+        raise DataError(f"{where}: counts are not numeric ({exc}); expected raw counts") from None
     data = csr.data
     if data.size:
         bad_nan = ~np.isfinite(data)
@@ -37,8 +43,39 @@ def check_counts(matrix: sp.spmatrix | np.ndarray, where: str) -> sp.csr_matrix:
                 f"{where}: {int((data < 0).sum())} count values are negative (min "
                 f"{float(data.min())}); raw UMI counts are expected, not normalised values"
             )
+        fractional = data != np.round(data)
+        if integer and fractional.any():
+            raise DataError(
+                f"{where}: {int(fractional.sum())} count values are non-integer (e.g. "
+                f"{float(data[fractional][0]):g}); raw counts must be whole numbers — pass the "
+                "raw UMI counts, not normalised or scaled values"
+            )
     csr.eliminate_zeros()
     return csr
+
+
+def dropped_spots(
+    without_counts: Sequence[str],
+    without_spot: Sequence[str],
+    *,
+    spots_file: str,
+    counts_file: str,
+    limit: int = 10,
+) -> dict[str, Any]:
+    """What joining counts to spot positions left out, for ``metadata["dropped_spots"]``.
+
+    ``without_counts``: spot ids of the position file with no counts row; ``without_spot``:
+    counts rows with no (selected / in-tissue) spot. ``data build`` refuses a non-empty drop
+    unless asked (``--allow-dropped-spots``), and records it in the dataset metadata.
+    """
+    return {
+        "spots_without_counts": len(without_counts),
+        "counts_without_spot": len(without_spot),
+        "examples_spots_without_counts": [str(i) for i in list(without_counts)[:limit]],
+        "examples_counts_without_spot": [str(i) for i in list(without_spot)[:limit]],
+        "spots_file": spots_file,
+        "counts_file": counts_file,
+    }
 
 
 def make_unique(names: Sequence[str]) -> list[str]:
@@ -61,12 +98,14 @@ def make_section(
     mpp_source: str | None = None,
     scalefactors: dict[str, Any] | None = None,
     extra_metadata: dict[str, Any] | None = None,
+    integer_counts: bool = True,
 ) -> ad.AnnData:
     """Assemble a validated section AnnData.
 
     ``spots`` must have one row per row of ``counts`` and the columns ``spot_id``, ``array_x``,
     ``array_y``, ``pixel_x``, ``pixel_y`` and optionally ``label``. ``where`` names the input
-    file(s) in error messages.
+    file(s) in error messages. ``integer_counts`` False accepts fractional counts (a reader
+    option for data that really has them, e.g. h5ad ``allow_non_integer``).
     """
     missing = [c for c in ("spot_id", "array_x", "array_y", "pixel_x", "pixel_y") if c not in spots]
     if missing:
@@ -95,7 +134,14 @@ def make_section(
         raise DataError(
             f"{where}: spot(s) {preview(bad)} have missing or negative array coordinates"
         )
-    X = check_counts(counts, where)
+    if microns_per_pixel is not None and not (
+        np.isfinite(microns_per_pixel) and microns_per_pixel > 0
+    ):
+        raise DataError(
+            f"{where}: microns per pixel {microns_per_pixel!r} of section {section} must be a "
+            "positive number (µm per full-resolution pixel, e.g. 0.5)"
+        )
+    X = check_counts(counts, where, integer=integer_counts)
     obs = pd.DataFrame(
         {
             "spot_id": ids.to_numpy(),
@@ -114,7 +160,7 @@ def make_section(
     adata.obsm["spatial"] = coords.astype(np.float64)
     metadata: dict[str, Any] = {
         "image_path": str(image_path) if image_path is not None else None,
-        "microns_per_pixel": float(microns_per_pixel) if microns_per_pixel else None,
+        "microns_per_pixel": float(microns_per_pixel) if microns_per_pixel is not None else None,
         "microns_per_pixel_source": mpp_source,
         "source": source,
     }

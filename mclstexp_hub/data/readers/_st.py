@@ -13,14 +13,16 @@ as the published reference code does.
 
 from __future__ import annotations
 
+import zlib
 from pathlib import Path
+from typing import Any
 
 import anndata as ad
 import numpy as np
 import pandas as pd
 
 from ..errors import DataError, preview
-from ._section import estimate_mpp_from_pitch, make_section
+from ._section import dropped_spots, estimate_mpp_from_pitch, make_section
 
 ST_PITCH_UM = 200.0
 """Centre-to-centre distance of neighbouring spots on a legacy ST array (100 µm spots)."""
@@ -28,16 +30,30 @@ ST_PITCH_UM = 200.0
 SPOT_COLUMNS = ("x", "y", "pixel_x", "pixel_y")
 
 
+def read_st_table(path: Path, what: str, **read_csv: Any) -> pd.DataFrame:
+    """A tab-separated table (plain or gzip); every way it can be unreadable is a DataError
+    naming ``path`` and ``what`` it is (the one reader of the ST tables)."""
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} not found: {path}")
+    if path.stat().st_size == 0:
+        raise DataError(f"{path}: the {what} is empty (0 bytes); re-download or re-export it")
+    try:
+        return pd.read_csv(path, sep="\t", **read_csv)
+    except pd.errors.EmptyDataError:
+        raise DataError(
+            f"{path}: the {what} holds no table (no header row); re-download or re-export it"
+        ) from None
+    except (OSError, EOFError, zlib.error, pd.errors.ParserError, UnicodeDecodeError,
+            ValueError) as exc:
+        raise DataError(
+            f"{path}: cannot parse the {what} as a tab-separated table ({type(exc).__name__}: "
+            f"{exc}); is the file complete and not binary? Re-download or re-export it"
+        ) from None
+
+
 def read_st_counts(path: Path) -> pd.DataFrame:
     """Spots × genes count table with the ``"{x}x{y}"`` index."""
-    if not path.is_file():
-        raise FileNotFoundError(f"counts table not found: {path}")
-    try:
-        df = pd.read_csv(path, sep="\t", index_col=0)
-    except (OSError, EOFError, pd.errors.ParserError, UnicodeDecodeError) as exc:
-        raise DataError(
-            f"{path}: cannot parse counts table ({exc}); is the file complete?"
-        ) from exc
+    df = read_st_table(path, "counts table", index_col=0)
     if df.shape[1] == 0 or df.shape[0] == 0:
         raise DataError(f"{path}: counts table is empty (expected spots × genes, tab-separated)")
     df.index = df.index.astype(str)
@@ -52,27 +68,54 @@ def read_st_counts(path: Path) -> pd.DataFrame:
     return df
 
 
-def read_st_spots(path: Path) -> pd.DataFrame:
-    """ST Spot Detector selection table, keyed by the rounded ``"{x}x{y}"`` id."""
-    if not path.is_file():
-        raise FileNotFoundError(f"spot table not found: {path}")
-    try:
-        df = pd.read_csv(path, sep="\t")
-    except (OSError, EOFError, pd.errors.ParserError, UnicodeDecodeError) as exc:
-        raise DataError(f"{path}: cannot parse spot table ({exc})") from exc
+def _numeric_column(df: pd.DataFrame, column: str, path: Path) -> pd.Series:
+    """``df[column]`` as float; a value that is present but not a number names file + column."""
+    values = pd.to_numeric(df[column], errors="coerce")
+    bad = values.isna() & df[column].notna()
+    if bad.any():
+        examples = preview(df[column][bad].astype(str).unique(), 3)
+        raise DataError(
+            f"{path}: column {column!r} has {int(bad.sum())} non-numeric value(s) ({examples}); "
+            "it must hold numbers — fix those rows or re-export the spot table"
+        )
+    return values.astype(float)
+
+
+def _read_spot_table(path: Path) -> tuple[pd.DataFrame, set[str]]:
+    """Selected spots keyed by the rounded ``"{x}x{y}"`` id, and the ids of deselected rows."""
+    df = read_st_table(path, "spot table")
     missing = [c for c in SPOT_COLUMNS if c not in df.columns]
     if missing:
         raise DataError(
             f"{path}: spot table lacks column(s) {missing}; expected the ST Spot Detector "
             "columns 'x y new_x new_y pixel_x pixel_y selected'"
         )
+    df = df.copy()
+    for column in (*SPOT_COLUMNS, *(["selected"] if "selected" in df.columns else [])):
+        df[column] = _numeric_column(df, column, path)
+    deselected: set[str] = set()
     if "selected" in df.columns:
-        df = df[df["selected"].astype(float) > 0]
+        chosen = df["selected"] > 0
+        if not chosen.any():
+            raise DataError(
+                f"{path}: no spot is selected (column 'selected' is 0 in all {len(df)} rows); "
+                "select the spots under the tissue in the ST Spot Detector and export again"
+            )
+        off = df[~chosen].dropna(subset=["x", "y"])
+        deselected = set(
+            np.rint(off["x"]).astype(int).astype(str) + "x" + np.rint(off["y"]).astype(int).astype(str)
+        )
+        df = df[chosen]
     if df[["x", "y"]].isna().any().any():
         raise DataError(f"{path}: some spots have no x/y array coordinate")
-    df = df.copy()
-    df["array_x"] = np.rint(df["x"].astype(float)).astype(int)
-    df["array_y"] = np.rint(df["y"].astype(float)).astype(int)
+    for column in ("pixel_x", "pixel_y"):
+        if df[column].isna().any():
+            raise DataError(
+                f"{path}: column {column!r} is empty in {int(df[column].isna().sum())} selected "
+                "row(s); every selected spot needs its pixel centre"
+            )
+    df["array_x"] = np.rint(df["x"]).astype(int)
+    df["array_y"] = np.rint(df["y"]).astype(int)
     df["spot_id"] = df["array_x"].astype(str) + "x" + df["array_y"].astype(str)
     dup = df["spot_id"][df["spot_id"].duplicated()].unique()
     if len(dup):
@@ -80,15 +123,17 @@ def read_st_spots(path: Path) -> pd.DataFrame:
             f"{path}: duplicate spot(s) {preview(dup)} after rounding x/y; each array position "
             "must appear once — remove the repeated rows"
         )
-    return df.set_index("spot_id", drop=False)
+    return df.set_index("spot_id", drop=False), deselected - set(df["spot_id"])
+
+
+def read_st_spots(path: Path) -> pd.DataFrame:
+    """ST Spot Detector selection table (selected rows), keyed by the rounded ``"{x}x{y}"`` id."""
+    return _read_spot_table(path)[0]
 
 
 def read_st_labels(path: Path) -> pd.Series:
     """Pathologist labels keyed by ``"{x}x{y}"`` (rounded ``x``/``y`` of the label table)."""
-    try:
-        df = pd.read_csv(path, sep="\t")
-    except (OSError, pd.errors.ParserError) as exc:
-        raise DataError(f"{path}: cannot parse label table ({exc})") from exc
+    df = read_st_table(path, "label table")
     missing = [c for c in ("x", "y", "label") if c not in df.columns]
     if missing:
         raise DataError(f"{path}: label table lacks column(s) {missing}")
@@ -114,9 +159,11 @@ def read_st_section(
 ) -> ad.AnnData:
     """Join one ST section's counts and spots into a validated AnnData."""
     counts = read_st_counts(counts_path)
-    spots = read_st_spots(spots_path)
+    spots, deselected = _read_spot_table(spots_path)
     shared = spots.index[spots.index.isin(counts.index)]
     where = f"{counts_path} + {spots_path}"
+    no_counts = spots.index[~spots.index.isin(counts.index)]
+    orphan = counts.index[~counts.index.isin(spots.index) & ~counts.index.isin(deselected)]
     if len(shared) == 0:
         raise DataError(
             f"{where}: no spot of the spot table matches the counts index (spot ids like "
@@ -154,5 +201,9 @@ def read_st_section(
             "spots_path": str(spots_path),
             "labels_path": str(labels_path) if labels_path else None,
             "has_image": image_path is not None,
+            "dropped_spots": dropped_spots(
+                [str(i) for i in no_counts], [str(i) for i in orphan],
+                spots_file=spots_path.name, counts_file=counts_path.name,
+            ),
         },
     )

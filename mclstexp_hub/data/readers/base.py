@@ -29,6 +29,7 @@ class SectionReader:
     image_from_argument: the full-resolution image is passed to the reader (``image=``)
         instead of being found inside ``data_dir``.
     one_section_per_input: ``data_dir`` yields one section at most (one image per input).
+    input_is_file: ``data_dir`` is one file (an .h5ad), not a folder.
     """
 
     name: ClassVar[str] = ""
@@ -36,6 +37,7 @@ class SectionReader:
     layout: ClassVar[str] = ""
     image_from_argument: ClassVar[bool] = False
     one_section_per_input: ClassVar[bool] = False
+    input_is_file: ClassVar[bool] = False
 
     def list_sections(self, data_dir: str | Path, *, with_images_only: bool = False) -> list[str]:
         """Names of the sections ``data_dir`` holds (only those with an image, if asked)."""

@@ -72,6 +72,7 @@ class H5adReader(SectionReader):
     layout = "an .h5ad file with raw counts and obsm['spatial'] in full-resolution pixels"
     image_from_argument = True
     one_section_per_input = True
+    input_is_file = True
 
     def __init__(
         self,
@@ -105,7 +106,6 @@ class H5adReader(SectionReader):
     def _from_adata(self, adata: ad.AnnData, path: Path, section: str | None) -> ad.AnnData:
         import numpy as np
         import pandas as pd
-        import scipy.sparse as sp
 
         from ._section import make_section
 
@@ -133,16 +133,6 @@ class H5adReader(SectionReader):
         field = "layers['counts']" if "counts" in adata.layers else "X"
         if counts is None:
             raise DataError(f"{path}: no counts in X or layers['counts']")
-        values = counts.data if sp.issparse(counts) else np.asarray(counts)
-        if (
-            not self.allow_non_integer
-            and np.isfinite(values).all()
-            and not np.allclose(values, np.round(values))
-        ):
-            raise DataError(
-                f"{path}: {field} holds non-integer values (normalised data?); put raw counts in "
-                "layers['counts'] or X, or pass allow_non_integer=True for fractional counts"
-            )
         xy = np.asarray(adata.obsm["spatial"], dtype=np.float64)
         if xy.ndim != 2 or xy.shape[1] < 2:
             raise DataError(f"{path}: obsm['spatial'] must be (n_spots, 2), got {xy.shape}")
@@ -190,6 +180,7 @@ class H5adReader(SectionReader):
             image_path=image_path,
             microns_per_pixel=self.microns_per_pixel,
             mpp_source="given" if self.microns_per_pixel else None,
+            integer_counts=not self.allow_non_integer,
             extra_metadata={
                 "h5ad_path": str(path),
                 "array_coordinates": grid_source,

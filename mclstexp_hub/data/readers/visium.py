@@ -149,23 +149,38 @@ def read_tissue_positions(spatial_dir: str | Path) -> pd.DataFrame:
     new_csv = spatial_dir / "tissue_positions.csv"
     parquet = spatial_dir / "tissue_positions.parquet"
     old_csv = spatial_dir / "tissue_positions_list.csv"
-    if new_csv.is_file():
-        path, df = new_csv, pd.read_csv(new_csv)
-    elif parquet.is_file():
-        path, df = parquet, pd.read_parquet(parquet)
-    elif old_csv.is_file():
-        path, df = old_csv, pd.read_csv(old_csv, header=None)
-        if df.shape[1] != 6:
-            raise DataError(f"{old_csv}: expected 6 columns without header, got {df.shape[1]}")
-        df.columns = POSITION_COLUMNS
-    else:
+    if not (new_csv.is_file() or parquet.is_file() or old_csv.is_file()):
         raise FileNotFoundError(
             f"tissue positions not found in {spatial_dir}: expected tissue_positions.csv "
             "(Space Ranger ≥ 2.0), tissue_positions.parquet or tissue_positions_list.csv"
         )
+    path = new_csv if new_csv.is_file() else parquet if parquet.is_file() else old_csv
+    try:
+        if path is parquet:
+            df = pd.read_parquet(parquet)
+        else:
+            df = pd.read_csv(path, header=None if path is old_csv else "infer")
+    except (OSError, EOFError, ValueError) as exc:  # parser, empty, arrow and decode errors
+        raise DataError(
+            f"{path}: cannot read the tissue positions ({type(exc).__name__}: {exc}); is the "
+            "file complete? Copy it again from Space Ranger's outs/spatial/"
+        ) from None
+    if path is old_csv:
+        if df.shape[1] != 6:
+            raise DataError(f"{old_csv}: expected 6 columns without header, got {df.shape[1]}")
+        df.columns = POSITION_COLUMNS
     missing = [c for c in POSITION_COLUMNS if c not in df.columns]
     if missing:
         raise DataError(f"{path}: lacks column(s) {missing}; expected {POSITION_COLUMNS}")
+    for column in POSITION_COLUMNS[1:]:
+        values = pd.to_numeric(df[column], errors="coerce")
+        if values.isna().any():
+            raise DataError(
+                f"{path}: column {column!r} has {int(values.isna().sum())} missing or non-numeric "
+                "value(s); tissue positions must be numbers — copy the file again from Space "
+                "Ranger's outs/spatial/"
+            )
+        df[column] = values
     df["barcode"] = df["barcode"].astype(str)
     dup = df["barcode"][df["barcode"].duplicated()].unique()
     if len(dup):
@@ -212,7 +227,7 @@ class VisiumReader(SectionReader):
         """The in-tissue spots present in the filtered matrix, named ``section``."""
         import pandas as pd
 
-        from ._section import make_section
+        from ._section import dropped_spots, make_section
 
         outs = Path(data_dir)
         if not outs.is_dir():
@@ -243,6 +258,10 @@ class VisiumReader(SectionReader):
                 "positions file; they are not from the same Space Ranger run"
             )
         kept = [barcodes[i] for i in order]
+        in_matrix = set(barcodes)
+        no_counts = [b for b in positions.index if b not in in_matrix]
+        kept_set = set(kept)
+        orphan = [b for b in barcodes if b not in kept_set]
         spots = positions.loc[kept]
         labels = self.labels
         spots = pd.DataFrame(
@@ -289,7 +308,13 @@ class VisiumReader(SectionReader):
             microns_per_pixel=microns_per_pixel,
             mpp_source=mpp_source,
             scalefactors=scalefactors,
-            extra_metadata={"outs_dir": str(outs), "has_image": image_path is not None},
+            extra_metadata={
+                "outs_dir": str(outs),
+                "has_image": image_path is not None,
+                "dropped_spots": dropped_spots(
+                    no_counts, orphan, spots_file=Path(pos_path).name, counts_file=mpath.name
+                ),
+            },
         )
 
 

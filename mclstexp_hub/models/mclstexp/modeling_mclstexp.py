@@ -567,12 +567,77 @@ class MclSTExpModel(MclSTExpPreTrainedModel):
                 local_files_only=kwargs.get("local_files_only", False),
                 cache_dir=kwargs.get("cache_dir"),
             )
-        model = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        local = os.path.isdir(os.fspath(pretrained_model_name_or_path))
+        if local:
+            check_checkpoint_folder(
+                os.path.join(os.fspath(pretrained_model_name_or_path), kwargs.get("subfolder") or "")
+            )
+        try:
+            model = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        except OSError as exc:
+            if local:
+                raise
+            raise OSError(
+                f"{pretrained_model_name_or_path}: cannot load this checkpoint from the Hub or the "
+                f"local cache ({' '.join(str(exc).split())[:300]}). Check the repo id and revision, "
+                "log in for private repos, or download it while online (it is then reused "
+                "offline)."
+            ) from exc
         if load_bank:
             bank_path = _resolve_optional_file(pretrained_model_name_or_path, SPOT_BANK_FILENAME, kwargs)
             if bank_path is not None:
                 model.attach_spot_bank(SpotBank.load(bank_path))
         return model
+
+
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
+
+
+def check_checkpoint_folder(folder: str | os.PathLike) -> None:
+    """Refuse a local folder that is not a loadable mclSTExp checkpoint, naming the file.
+
+    transformers would load a config of another `model_type` into a randomly initialised
+    model (only a warning), and reports a corrupt weights file as a bare parser error.
+    """
+    import json
+
+    folder = os.fspath(folder)
+    config_path = os.path.join(folder, "config.json")
+    if not os.path.isfile(config_path):
+        raise FileNotFoundError(
+            f"{config_path} not found: {folder} is not a saved checkpoint (save one with "
+            "`model.save_pretrained(dir)` or `mclstexp train`)."
+        )
+    try:
+        with open(config_path, encoding="utf-8") as handle:
+            config = json.load(handle)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{config_path}: not valid JSON ({exc}); re-download or re-save the "
+                         "checkpoint.") from None
+    model_type = config.get("model_type") if isinstance(config, dict) else None
+    if model_type != MclSTExpConfig.model_type:
+        raise ValueError(
+            f"{config_path}: model_type {model_type!r} is not an mclSTExp checkpoint "
+            f"(expected {MclSTExpConfig.model_type!r}); it would load as a randomly initialised "
+            "model. Point --model at an mclSTExp checkpoint."
+        )
+    weights = [os.path.join(folder, n) for n in WEIGHT_FILES if os.path.isfile(os.path.join(folder, n))]
+    if not weights:
+        raise FileNotFoundError(
+            f"{os.path.join(folder, WEIGHT_FILES[0])} not found: the checkpoint in {folder} has no "
+            "weights; re-download it or re-save it with `model.save_pretrained(dir)`."
+        )
+    if weights[0].endswith(".safetensors"):
+        from safetensors import safe_open
+
+        try:
+            with safe_open(weights[0], framework="pt") as handle:
+                handle.keys()
+        except Exception as exc:  # safetensors raises its own error types
+            raise ValueError(
+                f"{weights[0]}: unreadable weights ({exc}); the file is truncated or corrupt — "
+                "re-download or re-save the checkpoint."
+            ) from None
 
 
 def _resolve_optional_file(name_or_path, filename: str, kwargs: dict[str, Any]) -> str | None:
@@ -612,6 +677,7 @@ __all__ = [
     "MclSTExpImageOutput",
     "MclSTExpOutput",
     "MclSTExpPrediction",
+    "check_checkpoint_folder",
     "contrastive_loss",
     "DEFAULT_BANK_BATCH_SIZE",
 ]

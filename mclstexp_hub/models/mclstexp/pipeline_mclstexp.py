@@ -33,10 +33,11 @@ from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image
 from transformers import Pipeline
 
 from .image_processing_mclstexp import MclSTExpImageProcessor
-from .slide_io_mclstexp import CROP_CONVENTION, Slide, open_slide
+from .slide_io_mclstexp import CROP_CONVENTION, Slide, decode_flat_image, open_slide, to_rgb8
 
 logger = logging.getLogger(__name__)
 
@@ -287,15 +288,20 @@ class MclSTExpPipeline(Pipeline):
 
     def preprocess(self, image: Any, timeout: float | None = None) -> dict[str, torch.Tensor]:
         if isinstance(image, (str, os.PathLike)):
-            from transformers.image_utils import load_image
-
             path = os.fspath(image)
-            if not (path.startswith(("http://", "https://")) or os.path.isfile(path)):
-                raise FileNotFoundError(f"patch image not found: {path}")
-            try:
-                image = load_image(path, timeout=timeout)
-            except Exception as exc:
-                raise ValueError(f"{path}: cannot decode image ({exc}).") from exc
+            if path.startswith(("http://", "https://")):
+                from transformers.image_utils import load_image
+
+                try:
+                    image = load_image(path, timeout=timeout)
+                except Exception as exc:  # network and decoder errors of many types
+                    raise ValueError(f"{path}: cannot download or decode image ({exc}).") from exc
+            else:
+                if not os.path.isfile(path):
+                    raise FileNotFoundError(f"patch image not found: {path}")
+                image = decode_flat_image(path)  # size cap, truncation check, mode conversion
+        if isinstance(image, (Image.Image, np.ndarray)):
+            image = to_rgb8(image, "patch image")  # 16-bit scaled, alpha over white, …
         inputs = self.image_processor(image, return_tensors="pt")
         return {"pixel_values": inputs["pixel_values"].to(self.dtype)}
 
@@ -383,10 +389,12 @@ class MclSTExpPipeline(Pipeline):
             bar = tqdm(total=len(table), unit="spot", desc="predict")
         was_training = self.model.training
         self.model.eval()
+        n_uniform = 0
         try:
             for start in range(0, len(table), batch_size):
                 chunk = xy[start : start + batch_size]
                 patches = [reader.read_patch(cx, cy, size) for cx, cy in chunk]
+                n_uniform += sum(int(p.min() == p.max()) for p in patches)
                 pixels = self.image_processor(patches, return_tensors="pt")["pixel_values"]
                 pixels = pixels.to(device=self.device, dtype=self.dtype)
                 embeds = self.model.get_image_features(pixels).pooler_output
@@ -400,6 +408,11 @@ class MclSTExpPipeline(Pipeline):
             self.model.train(was_training)
             if bar is not None:
                 bar.close()
+        if n_uniform == len(table):
+            raise ValueError(
+                f"{name}: every patch is a single flat colour (a blank, black or white image?); "
+                "refusing to predict from no tissue. Check the image and the spot coordinates."
+            )
         thumb, scale = slide_thumbnail(reader, HIRES_MAX_SIZE)
         library_id = library_id or (reader.path.stem if reader.path else "slide")
         record = {
