@@ -102,9 +102,9 @@ class SyntheticAssets:
     image: Path  # its full-resolution JPEG
     image_size: tuple[int, int]  # (width, height)
     spots: Any = field(repr=False)  # its selected spots: DataFrame spot_id, pixel_x, pixel_y
-    spots_csv: Path = Path()  # the same table as CSV
-    counts: Path = Path()  # its raw counts (ST-cnts .tsv.gz)
-    pitch: float = 0.0  # centre-to-centre distance of neighbouring spots (pixels)
+    spots_csv: Path  # the same table as CSV
+    counts: Path  # its raw counts (ST-cnts .tsv.gz)
+    pitch: float  # centre-to-centre distance of neighbouring spots (full-resolution pixels)
 
 
 @pytest.fixture(scope="session")
@@ -113,6 +113,7 @@ def synthetic(tmp_path_factory: pytest.TempPathFactory) -> SyntheticAssets:
     import numpy as np
     import torch
     from PIL import Image
+    from scipy.spatial import cKDTree
     from test_pipeline_helpers import her2st_spots
 
     from mclstexp_hub.data.build import build_dataset
@@ -150,8 +151,6 @@ def synthetic(tmp_path_factory: pytest.TempPathFactory) -> SyntheticAssets:
     image = data.image_path(SYNTHETIC_SLIDE)
     with Image.open(image) as img:
         size = img.size
-    from scipy.spatial import cKDTree
-
     xy = spots[["pixel_x", "pixel_y"]].to_numpy()
     pitch = float(np.median(cKDTree(xy).query(xy, k=2)[0][:, 1]))
     return SyntheticAssets(

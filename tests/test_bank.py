@@ -1,18 +1,25 @@
-"""Spot banks from real HER2+ reference spots: batching, exact persistence, clear errors."""
+"""Spot banks from reference spots: batching, exact persistence, clear errors.
+
+The reference is the synthetic patch dataset of tests/conftest.py (`synthetic`, two sections
+built by the project), so these tests run on every clone.
+"""
 
 from __future__ import annotations
 
 import pytest
 import torch
-from test_training_helpers import SMALL_ENCODER, tiny_her2st_dataset
+from test_training_helpers import SMALL_ENCODER
 from transformers import set_seed
 
 from mclstexp_hub import MclSTExpModel, SpotBank
 from mclstexp_hub.cli import main
+from mclstexp_hub.data.hf_dataset import load_st_dataset
 from mclstexp_hub.training import bank as bank_module
 from mclstexp_hub.training.bank import build_bank_from_dataset
 from mclstexp_hub.training.torch_dataset import dataset_arrays
 from mclstexp_hub.training.trainer import build_training_config
+
+BATCH = 32  # the documented default bank batch size
 
 
 def _model(genes, positions, **overrides) -> MclSTExpModel:
@@ -27,9 +34,11 @@ def _model(genes, positions, **overrides) -> MclSTExpModel:
 
 
 @pytest.fixture(scope="module")
-def reference():
-    dataset, folder, meta = tiny_her2st_dataset(80)
+def reference(synthetic):
+    folder, meta = synthetic.dataset, synthetic.metadata
+    dataset = load_st_dataset(folder)
     arrays = dataset_arrays(dataset)
+    assert BATCH < len(dataset) < 2 * BATCH + 40  # ≥ 2 runs; 40-spot chunks split a run
     model = _model(meta["gene_names"], arrays["positions"])
     return dataset, folder, meta, arrays, model
 
@@ -38,13 +47,15 @@ def test_bank_batching_is_documented_and_honoured(reference, monkeypatch):
     dataset, _, meta, arrays, model = reference
     bank = build_bank_from_dataset(model, dataset, progress=False, dataset_metadata=meta,
                                    attach=False)
-    assert bank.metadata["bank_batch_size"] == 32
-    assert bank.metadata["batching"].startswith("consecutive runs of 32 spots in dataset order")
+    assert bank.metadata["bank_batch_size"] == BATCH
+    assert bank.metadata["batching"].startswith(f"consecutive runs of {BATCH} spots in dataset order")
     expression, positions = arrays["expression"], arrays["positions"]
+    n = len(dataset)
     with torch.no_grad():
-        for start in range(0, 80, 32):  # runs of 32, 32 and 16 spots
-            direct = model.get_spot_features(expression[start : start + 32], positions[start : start + 32])
-            assert torch.equal(bank.embeddings[start : start + 32], direct)
+        for start in range(0, n, BATCH):  # runs of 32 spots, then the rest
+            stop = start + BATCH
+            direct = model.get_spot_features(expression[start:stop], positions[start:stop])
+            assert torch.equal(bank.embeddings[start:stop], direct)
     # a spot's embedding depends on which spots share its sequence
     other = build_bank_from_dataset(model, dataset, batch_size=16, progress=False, attach=False)
     assert other.metadata["bank_batch_size"] == 16
@@ -53,7 +64,9 @@ def test_bank_batching_is_documented_and_honoured(reference, monkeypatch):
     monkeypatch.setattr(bank_module, "SUPER_CHUNK_SPOTS", 40)
     chunked = build_bank_from_dataset(model, dataset, progress=False, attach=False)
     assert torch.equal(chunked.embeddings, bank.embeddings)
-    assert bank.section_ids == ["C2"] * 80 and bank.patient_ids == arrays["patient"]
+    sections = [s for s in meta["sections"] for _ in range(meta["n_spots"][s])]
+    assert bank.section_ids == sections == arrays["section"]
+    assert bank.patient_ids == arrays["patient"] == [meta["patients"][s] for s in sections]
     assert torch.equal(bank.positions, positions) and torch.equal(bank.expression, expression)
     assert bank.metadata["expression_transform"] == meta["transform"]
 
@@ -61,7 +74,7 @@ def test_bank_batching_is_documented_and_honoured(reference, monkeypatch):
 def test_bank_save_load_is_exact_and_travels_with_the_checkpoint(reference, tmp_path):
     dataset, _, meta, _, model = reference
     bank = build_bank_from_dataset(model, dataset, progress=False, dataset_metadata=meta,
-                                   source="her2st C2 test subset", attach=True)
+                                   source="synthetic test dataset", attach=True)
     assert model.spot_bank is bank
     loaded = SpotBank.load(bank.save(tmp_path / "bank.safetensors"))
     for name in ("embeddings", "expression", "positions"):
@@ -110,16 +123,18 @@ def test_bank_cli_refuses_a_dataset_with_other_genes(reference, tmp_path, capsys
     code = main(["bank", "build", str(tmp_path / "ckpt"), "--dataset", str(folder), "--quiet"])
     assert code == 2
     err = capsys.readouterr().err
-    assert "mclstexp bank: error:" in err and "genes do not match" in err
+    assert "mclstexp bank build: error:" in err and "genes do not match" in err
     assert not (tmp_path / "ckpt" / "spot_bank.safetensors").exists()
 
 
 @pytest.mark.slow
-def test_cli_train_then_bank_build_reproduces_the_checkpoint_bank(tmp_path, capsys):
-    _, folder, _ = tiny_her2st_dataset(None)
+def test_cli_train_then_bank_build_reproduces_the_checkpoint_bank(synthetic, tmp_path, capsys):
+    folder, meta = synthetic.dataset, synthetic.metadata
+    train = synthetic.sections[0]
     out = tmp_path / "ckpt"
     code = main([
-        "train", "--dataset", str(folder), "--train-sections", "C2", "--out", str(out),
+        "train", "--dataset", str(folder), "--preset", "her2st", "--train-sections", train,
+        "--out", str(out),
         "--profile", "cpu", "--epochs", "2", "--batch-size", "64", "--feature-views", "1",
         "--image-encoder", SMALL_ENCODER, "--retrieval-k", "16", "--quiet",
     ])
@@ -129,8 +144,9 @@ def test_cli_train_then_bank_build_reproduces_the_checkpoint_bank(tmp_path, caps
             "preprocessor_config.json", "training_info.json"} <= names
     assert not any(n.startswith(".staging") for n in names) and "checkpoints" not in names
     model = MclSTExpModel.from_pretrained(out)
-    assert len(model.spot_bank) == 187 and model.config.max_position == 64
-    code = main(["bank", "build", str(out), "--dataset", str(folder), "--sections", "C2",
+    assert len(model.spot_bank) == meta["n_spots"][train] and model.config.max_position == 64
+    assert model.spot_bank.section_ids == [train] * meta["n_spots"][train]
+    code = main(["bank", "build", str(out), "--dataset", str(folder), "--sections", train,
                  "--out", str(tmp_path / "rebuilt.safetensors"), "--quiet"])
     assert code == 0, capsys.readouterr().err
     rebuilt = SpotBank.load(tmp_path / "rebuilt.safetensors")

@@ -1,8 +1,11 @@
-"""Shared helpers of the training and bank tests (no tests here).
+"""Shared helpers of the training tests (no tests here).
 
 `tiny_her2st_dataset()` builds, once per test process, a real patch dataset from the first spots
 of HER2+ section C2 (real H&E patches and real expression over the published 785-gene panel) in
-a temporary folder. Tests that need it skip with a reason when the shared data is absent.
+a temporary folder, for the real-data training tests (test_training.py, test_training_ddp.py).
+Tests that need it skip with a reason when the shared data is absent. Tests of behaviour that
+holds on any data (the spot-bank tests) use the synthetic session assets of tests/conftest.py
+(`synthetic`) instead, and run on every clone.
 """
 
 from __future__ import annotations

@@ -530,7 +530,7 @@ def _h5ad(work: Path, *, fractional: bool) -> list[str]:
     import anndata as ad
 
     fx = _fixtures()
-    ax, ay, px, py = fx.grid_spots()
+    ax, _ay, px, py = fx.grid_spots()
     counts = fx.counts_for(len(ax)).astype(np.float32)
     if fractional:
         counts = counts * 0.37  # normalised-looking values, not raw counts

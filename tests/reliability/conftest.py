@@ -1,7 +1,9 @@
-"""Shared, read-only assets for the bad-input suite, built once from synthetic data.
+"""Shared, read-only assets for the bad-input suite: the synthetic session assets.
 
-Nothing here reads ../shared/data: the suite runs on every clone. Cases copy what they corrupt
-into their own work folder; the assets themselves are checked unchanged after every case.
+They are built once by `synthetic` in tests/conftest.py (sections A1 + B1, a patch dataset, a
+small checkpoint whose bank holds both); nothing here reads ../shared/data, so the suite runs on
+every clone. Cases copy what they corrupt into their own work folder; the assets themselves are
+checked unchanged after every case.
 """
 
 from __future__ import annotations
@@ -10,8 +12,6 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-import pandas as pd
 import pytest
 
 SECTIONS = ("A1", "B1")
@@ -42,46 +42,11 @@ class Assets:
 
 
 @pytest.fixture(scope="session")
-def assets(tmp_path_factory) -> Assets:
-    import torch
-
-    from mclstexp_hub.data.build import build_dataset
-    from mclstexp_hub.data.hf_dataset import load_dataset_metadata, load_st_dataset
-    from mclstexp_hub.hub.checkpoint import write_checkpoint
-    from mclstexp_hub.models.mclstexp.configuration_mclstexp import MclSTExpConfig
-    from mclstexp_hub.models.mclstexp.modeling_mclstexp import MclSTExpModel
-    from mclstexp_hub.synthetic import generate_synthetic_dataset
-    from mclstexp_hub.training.bank import build_bank_from_dataset
-
-    root = tmp_path_factory.mktemp("reliability_assets")
-    data = generate_synthetic_dataset(root / "synthetic", sections=SECTIONS, n_rows=6, n_cols=6,
-                                      seed=3)
-    patch = data.spot_diameter
-    dataset = build_dataset("her2st", data.data_dir, root / "dataset", sections=list(SECTIONS),
-                            genes_file=data.genes_file, patch_size=patch,
-                            dataset_name="synthetic", progress=False)
-    meta = load_dataset_metadata(dataset)
-    torch.manual_seed(0)
-    config = MclSTExpConfig(gene_names=meta["gene_names"], image_encoder="resnet10t",
-                            patch_size=patch, max_position=64, retrieval_k=8,
-                            expression_transform=meta["transform"],
-                            expression_units=meta["units"])
-    model = MclSTExpModel(config).eval()
-    build_bank_from_dataset(model, load_st_dataset(dataset), progress=False,
-                            dataset_metadata=meta)
-    checkpoint = write_checkpoint(model, root / "ckpt")
-    spotfile = data.data_dir / "ST-spotfiles" / "B1_selection.tsv"
-    spots = pd.read_csv(spotfile, sep="\t")
-    spots = spots[spots.get("selected", 1) == 1] if "selected" in spots else spots
-    table = pd.DataFrame({
-        "spot_id": [f"{int(x)}x{int(y)}" for x, y in spots[["x", "y"]].to_numpy()],
-        "pixel_x": spots["pixel_x"].to_numpy(np.float64),
-        "pixel_y": spots["pixel_y"].to_numpy(np.float64),
-    })
-    spots_csv = root / "B1_spots.csv"
-    table.to_csv(spots_csv, index=False)
-    image = next((data.data_dir / "ST-imgs" / "B" / "B1").glob("*.jpg"))
-    return Assets(root=root, data_dir=data.data_dir, genes_file=data.genes_file,
-                  genes=list(meta["gene_names"]), dataset=dataset, checkpoint=checkpoint,
-                  image=image, spots_csv=spots_csv,
-                  counts=data.data_dir / "ST-cnts" / "B1.tsv.gz", patch_size=patch)
+def assets(synthetic) -> Assets:
+    """The session's synthetic assets (tests/conftest.py), seen through this suite's interface."""
+    assert tuple(synthetic.sections) == SECTIONS and synthetic.slide == "B1"
+    return Assets(root=synthetic.root, data_dir=synthetic.data_dir,
+                  genes_file=synthetic.genes_file, genes=list(synthetic.genes),
+                  dataset=synthetic.dataset, checkpoint=synthetic.checkpoint,
+                  image=synthetic.image, spots_csv=synthetic.spots_csv,
+                  counts=synthetic.counts, patch_size=synthetic.patch_size)
