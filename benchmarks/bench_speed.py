@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -50,8 +49,8 @@ OTHER_CONFIGS = {
 }
 
 
-def _peak_rss_gib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2  # KiB on Linux
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _measure import peak_rss_gib as _peak_rss_gib  # noqa: E402  (shared with bench_vs_reference)
 
 
 def _dataset(workdir: Path) -> Path:

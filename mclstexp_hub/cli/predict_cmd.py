@@ -27,7 +27,7 @@ def _predict(args: argparse.Namespace) -> int:
         plot_genes=args.plot or (),
         **option_values(args, ("visium", "tile", "plot_dir", "observed", "batch_size", "device",
                                "revision", "k", "library_id", "tile_pitch",
-                               "min_tissue_fraction", "overwrite")),
+                               "min_tissue_fraction", "overwrite", "precision")),
         progress=not args.quiet,
     )
     adata = result.adata
@@ -75,5 +75,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="--tile grid pitch in full-res pixels (default: the model's patch size)")
     p.add_argument("--min-tissue-fraction", type=float, default=0.5,
                    help="--tile: keep grid points with at least this tissue under the patch")
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
+                   help="image-tower arithmetic: auto = bf16 autocast + channels-last on CPUs with "
+                        "native bf16 (AVX512-BF16/AMX) or CUDA, else fp32 (recorded in "
+                        "uns['mclstexp'])")
     add_run_options(p, quiet="no progress bar")
     p.set_defaults(func=_predict)

@@ -13,7 +13,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,26 +28,29 @@ def write_checkpoint(
     image_processor: Any = None,
     overwrite: bool = False,
     keep: Sequence[str] = (),
+    inputs: Iterable[str | os.PathLike | None] = (),
+    is_ours: Callable[[Path], bool] | None = None,
 ) -> Path:
     """Write `model`'s complete checkpoint to `out_dir` atomically; returns the folder.
 
     training_info: written as `training_info.json` next to the weights when given.
     image_processor: saved instead of the processor derived from the model config.
-    overwrite: replace an existing non-empty `out_dir` (otherwise FileExistsError).
+    overwrite: replace an existing non-empty `out_dir` (otherwise FileExistsError) — only when
+        it is recognisably ours (`is_ours`, default `outputs.is_checkpoint_folder`): a foreign
+        folder is never replaced (`outputs.check_output`).
+    inputs: paths the run read; `out_dir` may neither equal nor contain one.
     keep: entries of the replaced folder to move into the new one (e.g. the Trainer's
         `checkpoints/` resume states); everything else of the old folder is removed.
     """
     from ..models.mclstexp import register
+    from ..outputs import check_output, is_checkpoint_folder
 
-    register()  # config.json then carries auto_map and the remote code is copied
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise FileExistsError(f"{out} is a file, not a checkpoint folder; choose another path.")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise FileExistsError(
-            f"{out} exists and is not empty; choose another output folder or pass overwrite=True "
-            "(--overwrite) to replace it."
-        )
+    check_output(out, overwrite=overwrite, inputs=inputs,
+                 is_ours=is_ours or is_checkpoint_folder, what="checkpoint folder")
+    register()  # config.json then carries auto_map and the remote code is copied
     out.parent.mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.staging-", dir=out.parent))
     trash: Path | None = None

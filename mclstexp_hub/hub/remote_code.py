@@ -25,6 +25,7 @@ HUB_MODULES = (
     "image_processing_mclstexp",
     "pipeline_mclstexp",
     "slide_io_mclstexp",
+    "precision_mclstexp",
 )
 """Modules written to travel to the Hub (relative imports of each other only)."""
 

@@ -185,6 +185,7 @@ def predict_to_h5ad(
     overwrite: bool = False,
     progress: bool = True,
     pipe: MclSTExpPipeline | None = None,
+    precision: str = "auto",
 ) -> PredictionResult:
     """Predict every spot of `image` and write `out` (.h5ad) atomically; draw `plot_genes`."""
     from mclstexp_hub.models.mclstexp.slide_io_mclstexp import open_slide
@@ -220,7 +221,7 @@ def predict_to_h5ad(
             observed = Path(visium)
         adata = pipe.predict_slide(
             slide, table, batch_size=batch_size, k=k, library_id=library_id or Path(image).stem,
-            spot_diameter=diameter, progress=progress,
+            spot_diameter=diameter, progress=progress, precision=precision,
             provenance={**getattr(pipe, "mclstexp_source", {"model": str(model),
                                                                "model_revision": str(revision)}),
                         "spots_source": source, "image": str(image)},

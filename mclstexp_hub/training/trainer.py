@@ -19,9 +19,12 @@ from __future__ import annotations
 import logging
 import math
 import os
+import shutil
+import sys
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
+from pathlib import Path
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -29,7 +32,7 @@ import torch
 from torch import nn
 
 from ..hub.checkpoint import TRAINING_INFO_FILE, write_checkpoint
-from ..models.mclstexp.configuration_mclstexp import MclSTExpConfig
+from ..models.mclstexp.configuration_mclstexp import MAX_POSITION_LIMIT, MclSTExpConfig
 from ..models.mclstexp.modeling_mclstexp import MclSTExpModel
 from .bank import build_bank_from_dataset, check_dataset_genes
 from .features import compute_image_features, recalibrate_batchnorm
@@ -64,6 +67,14 @@ def derive_max_position(positions: torch.Tensor) -> int:
     checkpoints ~50x smaller and changes no used row.
     """
     high = int(torch.as_tensor(positions).max()) + 1 if len(positions) else 1
+    if high > MAX_POSITION_LIMIT:
+        raise ValueError(
+            f"array coordinates reach {high - 1:,}, beyond max_position's limit of "
+            f"{MAX_POSITION_LIMIT:,} rows per position table (the tables would need "
+            f"{2 * high * 4 * 1000 / 2**30:.1f}+ GiB). The dataset's `position` (array_x, "
+            "array_y) must be spot-grid indices (tens to hundreds), not pixels: rebuild the "
+            "dataset from a spot file whose x/y columns are grid indices."
+        )
     return max(POSITION_TABLE_MULTIPLE, math.ceil(high / POSITION_TABLE_MULTIPLE) * POSITION_TABLE_MULTIPLE)
 
 
@@ -226,15 +237,90 @@ def _trainer_classes():
 
 
 # -------------------------------------------------------------------- checkpoints
-def _prepare_out_dir(out_dir: str, resume: bool) -> None:
+def is_training_out_dir(path: Path) -> bool:
+    """A folder a training run may replace: a checkpoint of ours, or only our Trainer state."""
+    from ..outputs import is_checkpoint_folder
+
+    path = Path(path)
+    if not path.is_dir():
+        return False
+    entries = set(os.listdir(path))
+    return is_checkpoint_folder(path) or (bool(entries) and entries <= {CHECKPOINTS_DIR})
+
+
+def _prepare_out_dir(
+    out_dir: str, resume: bool, inputs: Iterable[str | os.PathLike | None] = ()
+) -> bool:
     """The final checkpoint replaces `out_dir` whole, so only an empty one (or, to resume, one
-    holding this run's own state) is accepted."""
-    if os.path.isdir(out_dir) and os.listdir(out_dir) and not resume:
-        raise FileExistsError(
-            f"{out_dir} is not empty (a checkpoint, training state or other files); pass "
-            "--resume (resume=True) to continue a run there, or choose another --out."
-        )
+    holding this run's own state) is accepted. Never an input, nor a folder holding one.
+
+    Returns True when `out_dir` is this run's own (absent or empty before), so a failed or
+    interrupted run removes it and a rerun starts clean.
+    """
+    from ..outputs import OutputRefused, check_not_an_input
+
+    check_not_an_input(out_dir, inputs)
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise FileExistsError(f"--out {out_dir} is a file, not a checkpoint folder; choose another --out.")
+    if os.path.isdir(out_dir) and os.listdir(out_dir):
+        if not resume:
+            raise FileExistsError(
+                f"{out_dir} is not empty (a checkpoint, training state or other files); pass "
+                "--resume (resume=True) to continue a run there, or choose another --out."
+            )
+        if not is_training_out_dir(Path(out_dir)):
+            raise OutputRefused(
+                f"--out {out_dir} holds files that are neither an mclstexp checkpoint nor this "
+                "trainer's checkpoints/ state; --resume would replace them. Choose another --out."
+            )
+        return False
+    fresh = not os.path.isdir(out_dir)
     os.makedirs(out_dir, exist_ok=True)
+    return fresh or True
+
+
+def _remove_own_out_dir(out_dir: str, existed_empty: bool) -> None:
+    """Undo a failed run's `out_dir`: remove it (or empty it again if it existed empty)."""
+    if not os.path.isdir(out_dir):
+        return
+    if existed_empty:
+        for entry in os.listdir(out_dir):
+            target = os.path.join(out_dir, entry)
+            if os.path.isdir(target) and not os.path.islink(target):
+                shutil.rmtree(target, ignore_errors=True)
+            else:
+                os.unlink(target)
+    else:
+        shutil.rmtree(out_dir, ignore_errors=True)
+
+
+def resolve_retrieval_k(
+    dataset_preset: str, config_overrides: Mapping[str, Any] | None, n_bank_spots: int
+) -> tuple[int | None, str | None]:
+    """The retrieval k the checkpoint gets, given a bank of `n_bank_spots` training spots.
+
+    An explicit k (`config_overrides['retrieval_k']`, i.e. `--retrieval-k`) larger than the bank
+    is refused: the checkpoint could never predict. The preset's k is clamped to the bank size
+    with a warning (returned, recorded in training_info.json). Returns (k to set or None, warning).
+    """
+    overrides = dict(config_overrides or {})
+    if "retrieval_k" in overrides:
+        k = overrides["retrieval_k"]
+        if isinstance(k, int) and not isinstance(k, bool) and k > n_bank_spots:
+            raise ValueError(
+                f"--retrieval-k {k} exceeds the {n_bank_spots} training spots that form the "
+                "checkpoint's spot bank, so the checkpoint could not predict; pass --retrieval-k "
+                f"<= {n_bank_spots} or train on more sections."
+            )
+        return None, None
+    preset_k = int(DATASET_PRESETS[dataset_preset]["retrieval_k"])
+    if preset_k <= n_bank_spots:
+        return None, None
+    return n_bank_spots, (
+        f"retrieval_k: the {dataset_preset!r} preset's k={preset_k} exceeds the {n_bank_spots} "
+        f"training spots (the spot bank); the checkpoint uses k={n_bank_spots}. Pass "
+        "--retrieval-k to choose another k."
+    )
 
 
 # ----------------------------------------------------------------------- training
@@ -286,6 +372,7 @@ def train_model(
     save_steps: int | None = None,
     keep_checkpoints: bool = False,
     callbacks: list[Any] | None = None,
+    inputs: Iterable[str | os.PathLike | None] = (),
 ) -> TrainResult:
     """Train an mclSTExp model on a patch dataset; optionally save a complete checkpoint.
 
@@ -298,6 +385,9 @@ def train_model(
         this call repeats). Frozen features do not depend on the fold, so they can be computed
         once for all spots and sliced per fold. Requires a frozen encoder.
     max_steps / save_steps: stop after / save every this many optimiser steps (tests, resuming).
+    inputs: paths the run reads (the dataset, encoder weights); `out_dir` may not be or hold one.
+    A run that fails or is interrupted removes the `out_dir` it created (nothing blocks a rerun);
+    a resumed run keeps its Trainer state for the next --resume.
     Returns the trained model with its bank attached.
     """
     from transformers import TrainingArguments, set_seed
@@ -347,15 +437,69 @@ def train_model(
             f"{len(gene_names)}; pass the dataset's gene list (load_dataset_metadata(...)['gene_names'])."
         )
     patch_size = int(spots.patches.shape[-1]) if spots.patches is not None else None
-    if out_dir is not None:
-        out_dir = os.fspath(out_dir)
-        _prepare_out_dir(out_dir, resume)
+    run_warnings: list[str] = []
+    clamped_k, k_warning = resolve_retrieval_k(dataset_preset, config_overrides, len(spots))
+    effective_overrides = dict(config_overrides or {})
+    if clamped_k is not None:
+        effective_overrides["retrieval_k"] = clamped_k
+        run_warnings.append(k_warning)
+        if is_main:
+            print(f"warning: {k_warning}", file=sys.stderr)
+    _check_positions(spots.positions, effective_overrides.get("max_position"),
+                     meta.get("dataset_name"))
+    if out_dir is None:
+        return _train(**locals())
+    out_dir = os.fspath(out_dir)
+    existed_empty = os.path.isdir(out_dir) and not os.listdir(out_dir)
+    own = _prepare_out_dir(out_dir, resume, inputs) if is_main else False
+    try:
+        return _train(**locals())
+    except BaseException:
+        if own and is_main:
+            _remove_own_out_dir(out_dir, existed_empty)
+        raise
 
+
+def _check_positions(positions: torch.Tensor, max_position: int | None, dataset: str | None) -> None:
+    """Refuse coordinates the position tables cannot index (negative, or >= max_position)."""
+    if not len(positions):
+        return
+    where = f"dataset {dataset!r}" if dataset else "the dataset"
+    low, high = int(positions.min()), int(positions.max())
+    if low < 0:
+        raise ValueError(
+            f"{where}: array coordinates must be >= 0 (found {low}); rebuild the dataset from a "
+            "spot file with grid indices."
+        )
+    if high >= MAX_POSITION_LIMIT:
+        derive_max_position(positions)  # raises with the explanation
+    if max_position is not None and isinstance(max_position, int) and high >= max_position:
+        raise ValueError(
+            f"--max-position {max_position} is too small: the array coordinates of {where} reach "
+            f"{high}; pass --max-position >= {high + 1} or leave it out (derived from the data)."
+        )
+
+
+def _train(**ns: Any) -> TrainResult:
+    """The body of `train_model` once its inputs are checked (`ns` = its local variables)."""
+    from transformers import TrainingArguments, set_seed
+    from transformers.trainer_utils import get_last_checkpoint
+
+    (spots, prof, gene_names, dataset_preset, out_dir, meta, patch_size, progress, is_main,
+     cached_features, pretrained_encoder, world_size, max_steps, save_steps, resume,
+     keep_checkpoints, callbacks, started, config_overrides, run_warnings,
+     effective_overrides, expression_transform, expression_units, inputs) = (
+        ns[k] for k in ("spots", "prof", "gene_names", "dataset_preset", "out_dir", "meta",
+                        "patch_size", "progress", "is_main", "cached_features",
+                        "pretrained_encoder", "world_size", "max_steps", "save_steps", "resume",
+                        "keep_checkpoints", "callbacks", "started", "config_overrides",
+                        "run_warnings", "effective_overrides", "expression_transform",
+                        "expression_units", "inputs"))
     set_seed(prof.seed)
     config = build_training_config(
         gene_names,
         dataset_preset=dataset_preset,
-        config_overrides=config_overrides,
+        config_overrides=effective_overrides,
         positions=spots.positions,
         patch_size=patch_size,
         expression_transform=expression_transform,
@@ -510,13 +654,16 @@ def train_model(
                 else pretrained_encoder
             ),
             "bank": dict(bank.metadata),
+            "retrieval_k": model.config.retrieval_k,
+            "warnings": list(run_warnings),
             "seconds": seconds,
             **timings,
             "history": history,
         }
         # Replaces out_dir whole (it only holds this run's Trainer state): complete or absent.
         write_checkpoint(model, out_dir, training_info=info, overwrite=True,
-                         keep=(CHECKPOINTS_DIR,) if keep_checkpoints else ())
+                         keep=(CHECKPOINTS_DIR,) if keep_checkpoints else (), inputs=inputs,
+                         is_ours=is_training_out_dir)
     if world_size > 1:
         trainer.accelerator.wait_for_everyone()  # every rank returns after the checkpoint exists
     return TrainResult(

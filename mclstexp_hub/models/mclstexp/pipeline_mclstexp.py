@@ -37,6 +37,7 @@ from PIL import Image
 from transformers import Pipeline
 
 from .image_processing_mclstexp import MclSTExpImageProcessor
+from .precision_mclstexp import autocast, prepare_pixels, resolve_precision
 from .slide_io_mclstexp import CROP_CONVENTION, Slide, decode_flat_image, open_slide, to_rgb8
 
 logger = logging.getLogger(__name__)
@@ -238,15 +239,19 @@ class MclSTExpPipeline(Pipeline):
         weighting: str | None = None,
         return_tensors: bool | None = None,
         timeout: float | None = None,
+        precision: str | None = None,
         **kwargs: Any,
     ):
         if kwargs:
             raise TypeError(
                 f"spatial-gene-expression got unknown option(s) {sorted(kwargs)}; known: top_n, k, "
-                "distance, weighting, return_tensors, timeout, batch_size."
+                "distance, weighting, return_tensors, timeout, precision, batch_size."
             )
         preprocess = {} if timeout is None else {"timeout": timeout}
         forward = {}
+        if precision is not None:
+            resolve_precision(precision, self.device)  # refuse unknown values at once
+            forward["precision"] = precision
         if k is not None:
             forward["k"] = self._check_k(k)
         if distance is not None:
@@ -305,10 +310,27 @@ class MclSTExpPipeline(Pipeline):
         inputs = self.image_processor(image, return_tensors="pt")
         return {"pixel_values": inputs["pixel_values"].to(self.dtype)}
 
+    def _embed(self, pixels: torch.Tensor, precision: str | None) -> tuple[torch.Tensor, str]:
+        """Image embeddings (fp32) at the resolved precision; bf16 runs channels-last."""
+        resolved = resolve_precision(precision, self.device)
+        if resolved == "bf16" and not getattr(self, "_channels_last", False):
+            self.model.to(memory_format=torch.channels_last)
+            self._channels_last = True
+        with torch.no_grad(), autocast(resolved, self.device):
+            embeds = self.model.get_image_features(prepare_pixels(pixels, resolved)).pooler_output
+        return embeds.float(), resolved
+
     def _forward(self, model_inputs: dict[str, torch.Tensor], k: int | None = None,
-                 distance: str | None = None, weighting: str | None = None) -> dict[str, Any]:
+                 distance: str | None = None, weighting: str | None = None,
+                 precision: str | None = None) -> dict[str, Any]:
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            embeds, _ = self._embed(model_inputs["pixel_values"], precision)
+        finally:
+            self.model.train(was_training)
         pred = self.model.predict_expression(
-            pixel_values=model_inputs["pixel_values"], k=k, distance=distance, weighting=weighting
+            image_embeds=embeds, k=k, distance=distance, weighting=weighting
         )
         # Only batched tensors: the pipeline's batching splits every value along dim 0.
         return {
@@ -344,12 +366,15 @@ class MclSTExpPipeline(Pipeline):
         spot_diameter: float | None = None,
         progress: bool = False,
         provenance: dict[str, Any] | None = None,
+        precision: str | None = None,
         **unused: Any,
     ):
         """Predict every spot of a slide; returns AnnData (see module docstring).
 
         Patches are read, processed and embedded `batch_size` at a time, and retrieval runs on
-        each batch, so only the (n_spots, n_genes) result grows with the slide.
+        each batch, so only the (n_spots, n_genes) result grows with the slide. A reader thread
+        cuts and scales the next batch while the image tower runs on the current one.
+        `precision` ("auto" by default: bf16 on native-bf16 hardware) is recorded.
         """
         if unused:
             raise TypeError(f"predict_slide got unknown option(s) {sorted(unused)}.")
@@ -362,11 +387,15 @@ class MclSTExpPipeline(Pipeline):
             batch_size = self._batch_size if self._batch_size is not None else DEFAULT_SLIDE_BATCH_SIZE
         if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer; got {batch_size!r}.")
+        if precision is None:
+            precision = self._forward_params.get("precision", "auto")
+        resolve_precision(precision, self.device)
         table = spot_table(spots)
         reader = open_slide(image)
         try:
             return self._predict_opened_slide(reader, table, batch_size, k, distance, weighting,
-                                              library_id, spot_diameter, progress, provenance)
+                                              library_id, spot_diameter, progress, provenance,
+                                              precision)
         finally:
             if reader is not image:  # opened here from a path/array: free it here
                 reader.close()
@@ -374,7 +403,7 @@ class MclSTExpPipeline(Pipeline):
     def _predict_opened_slide(self, reader: Slide, table, batch_size: int, k: int, distance: str,
                               weighting: str, library_id: str | None,
                               spot_diameter: float | None, progress: bool,
-                              provenance: dict[str, Any] | None):
+                              provenance: dict[str, Any] | None, precision: str):
         config = self.model.config
         bank = self.model.spot_bank
         name = reader.name
@@ -387,23 +416,36 @@ class MclSTExpPipeline(Pipeline):
             from tqdm.auto import tqdm
 
             bar = tqdm(total=len(table), unit="spot", desc="predict")
+
+        def load(start: int) -> tuple[int, int, torch.Tensor]:
+            """Cut and scale one batch (runs on the reader thread)."""
+            chunk = xy[start : start + batch_size]
+            patches = [reader.read_patch(cx, cy, size) for cx, cy in chunk]
+            uniform = sum(int(p.min() == p.max()) for p in patches)
+            pixels = self.image_processor(patches, return_tensors="pt")["pixel_values"]
+            return len(chunk), uniform, pixels.to(device=self.device, dtype=self.dtype)
+
         was_training = self.model.training
         self.model.eval()
         n_uniform = 0
+        resolved = resolve_precision(precision, self.device)
+        from concurrent.futures import ThreadPoolExecutor
+
         try:
-            for start in range(0, len(table), batch_size):
-                chunk = xy[start : start + batch_size]
-                patches = [reader.read_patch(cx, cy, size) for cx, cy in chunk]
-                n_uniform += sum(int(p.min() == p.max()) for p in patches)
-                pixels = self.image_processor(patches, return_tensors="pt")["pixel_values"]
-                pixels = pixels.to(device=self.device, dtype=self.dtype)
-                embeds = self.model.get_image_features(pixels).pooler_output
-                pred = self.model.predict_expression(
-                    image_embeds=embeds, k=k, distance=distance, weighting=weighting
-                )
-                out[start : start + len(chunk)] = pred.expression.float().numpy()
-                if bar is not None:
-                    bar.update(len(chunk))
+            with ThreadPoolExecutor(max_workers=1, thread_name_prefix="mclstexp-patches") as pool:
+                starts = list(range(0, len(table), batch_size))
+                pending = pool.submit(load, starts[0]) if starts else None
+                for i, start in enumerate(starts):
+                    n, uniform, pixels = pending.result()
+                    pending = pool.submit(load, starts[i + 1]) if i + 1 < len(starts) else None
+                    n_uniform += uniform
+                    embeds, resolved = self._embed(pixels, precision)
+                    pred = self.model.predict_expression(
+                        image_embeds=embeds, k=k, distance=distance, weighting=weighting
+                    )
+                    out[start : start + n] = pred.expression.float().numpy()
+                    if bar is not None:
+                        bar.update(n)
         finally:
             self.model.train(was_training)
             if bar is not None:
@@ -438,6 +480,8 @@ class MclSTExpPipeline(Pipeline):
             "device": str(self.device),
             "image": str(reader.path or ""),
             "crop_convention": CROP_CONVENTION,
+            "precision": resolved,
+            "precision_requested": str(precision),
             "image_width": reader.width,
             "image_height": reader.height,
             "n_spots": len(table),

@@ -1,0 +1,77 @@
+"""Numeric precision of the image tower: `auto`, `fp32` or `bf16` (autocast + channels-last).
+
+Why a choice at all: DenseNet-121 at 224 px on a 2-core AVX512-BF16 CPU runs at 77.9 ms/patch in
+fp32 NCHW, 55.4 ms fp32 channels-last and 24.6 ms with bf16 autocast + channels-last (measured,
+batch 32). `auto` takes bf16 where the hardware computes it natively — CPUs with AVX512-BF16 or
+AMX, and CUDA GPUs that support bf16 — and fp32 elsewhere (emulated bf16 is slower than fp32).
+Retrieval (cosine top-k, distance weights) always runs in fp32/fp64 on the embeddings.
+
+Hub-bound remote code: imports only third-party packages.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+from typing import Literal
+
+import torch
+
+Precision = Literal["auto", "fp32", "bf16"]
+PRECISIONS: tuple[str, ...] = ("auto", "fp32", "bf16")
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_has_native_bf16() -> bool:
+    """True when the CPU advertises AVX512-BF16 or AMX-BF16 (Linux /proc/cpuinfo flags)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as handle:
+            for line in handle:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    return bool({"avx512_bf16", "amx_bf16"} & flags)
+    except OSError:
+        pass
+    return False
+
+
+def resolve_precision(precision: str | None, device: str | torch.device = "cpu") -> str:
+    """"auto" / None → "bf16" on native-bf16 hardware, else "fp32"; explicit values checked."""
+    precision = "auto" if precision is None else str(precision)
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}; got {precision!r}.")
+    kind = torch.device(device).type
+    if precision == "bf16":
+        if kind == "cuda" and not torch.cuda.is_bf16_supported():
+            raise ValueError("precision 'bf16' was requested but this GPU has no bf16 support; "
+                             "use 'fp32' or 'auto'.")
+        return "bf16"
+    if precision == "fp32":
+        return "fp32"
+    if kind == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    return "bf16" if kind == "cpu" and cpu_has_native_bf16() else "fp32"
+
+
+def autocast(precision: str, device: str | torch.device = "cpu"):
+    """Context manager: bf16 autocast for "bf16", nothing for "fp32" (resolved precisions)."""
+    if precision == "bf16":
+        return torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def prepare_pixels(pixels: torch.Tensor, precision: str) -> torch.Tensor:
+    """Channels-last memory layout for bf16 (what oneDNN convolutions run fastest on)."""
+    if precision == "bf16" and pixels.ndim == 4:
+        return pixels.contiguous(memory_format=torch.channels_last)
+    return pixels
+
+
+__all__ = [
+    "PRECISIONS",
+    "Precision",
+    "autocast",
+    "cpu_has_native_bf16",
+    "prepare_pixels",
+    "resolve_precision",
+]
