@@ -52,8 +52,24 @@ TOOL = "convert_mclstexp_original"
 # The authors' preprocessing (scprep defaults on the panel's counts), named as in mclstexp_hub.data.
 AUTHORS_TRANSFORM = "log10_cp10k_panel"
 AUTHORS_UNITS = "log10(1 + 1e4 * count / panel total)"
-AUTHORS_BANK_BATCH_SIZE = 32  # their evaluation DataLoader: batch_size=32, shuffle=False
-DEFAULT_HEADS, DEFAULT_HEAD_DIM = 8, 64  # their train.py defaults; not recoverable from shapes
+
+
+def _options_module():
+    """conversion/options.py (torch-free, shared with `mclstexp convert`), however this file
+    was loaded (package import, script, or by path)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "_mclstexp_conversion_options", Path(__file__).with_name("options.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+_OPTIONS = _options_module()
+AUTHORS_BANK_BATCH_SIZE = _OPTIONS.AUTHORS_BANK_BATCH_SIZE
+DEFAULT_HEADS, DEFAULT_HEAD_DIM = _OPTIONS.DEFAULT_HEADS, _OPTIONS.DEFAULT_HEAD_DIM
+build_parser = _OPTIONS.build_parser
 
 
 class ConversionError(ValueError):
@@ -127,7 +143,13 @@ def read_gene_panel(path: str | os.PathLike) -> list[str]:
             raise ConversionError(f"{path}: the gene panel must contain strings only")
         genes = [str(g).strip() for g in array.tolist()]
     else:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        try:
+            lines = path.read_text(encoding="utf-8").splitlines()
+        except UnicodeDecodeError as exc:
+            raise ConversionError(
+                f"--genes {path}: not UTF-8 text ({exc.reason} at byte {exc.start}); give the "
+                "panel as a .npy array or a text file with one gene per line."
+            ) from exc
         genes = [ln.strip() for ln in lines if ln.strip() and not ln.lstrip().startswith("#")]
     if not genes or any(not g for g in genes):
         raise ConversionError(f"{path}: the gene panel is empty or has empty entries")
@@ -529,9 +551,24 @@ def convert_checkpoint(
     overwrite: bool = False,
 ) -> ConversionReport:
     """Convert one `best_{fold}.pt` into a checkpoint directory `out` (written atomically)."""
+    from mclstexp_hub.outputs import check_output, is_checkpoint_folder
+
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"--out {out} is a file, not a checkpoint folder; choose another --out.")
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise FileExistsError(f"{out} exists and is not empty; choose another --out or pass --overwrite")
+    # --out may neither be nor hold an input (the authors' .pt, the panel, the references), and
+    # --overwrite replaces only a checkpoint folder this tool wrote.
+    inputs = [checkpoint, genes, *reference_expression, *reference_positions]
+    check_output(out, overwrite=overwrite, inputs=inputs, is_ours=is_checkpoint_folder,
+                 what="checkpoint folder")
+    for option, value in (("--heads", heads), ("--head-dim", head_dim),
+                          ("--retrieval-k", retrieval_k), ("--bank-batch-size", bank_batch_size)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ConversionError(f"{option} must be a positive integer; got {value!r}.")
+    if max_position is not None and (not isinstance(max_position, int) or max_position < 1):
+        raise ConversionError(f"--max-position must be a positive integer; got {max_position!r}.")
     if len(reference_expression) != len(reference_positions):
         raise ConversionError(
             f"{len(reference_expression)} --reference-expression file(s) but "
@@ -635,7 +672,7 @@ def convert_checkpoint(
         bank_sections=[n for n in names if n not in set(exclude_sections)],
         excluded_sections=sorted(exclude_sections),
     )
-    report.file_sizes = _save_atomically(model, out, overwrite)
+    report.file_sizes = _save_atomically(model, out, overwrite, inputs)
     _verify_saved(out, model)
     return report
 
@@ -674,12 +711,14 @@ def _with_config(model, slice_rows: int | None = None, **changes):
     return new.eval()
 
 
-def _save_atomically(model, out: Path, overwrite: bool) -> dict[str, int]:
+def _save_atomically(
+    model, out: Path, overwrite: bool, inputs: Sequence[str | os.PathLike] = ()
+) -> dict[str, int]:
     """The complete checkpoint (weights, bank, processor, pipeline code), staged then renamed."""
     from mclstexp_hub.hub.checkpoint import write_checkpoint
 
     try:
-        write_checkpoint(model, out, overwrite=overwrite)
+        write_checkpoint(model, out, overwrite=overwrite, inputs=inputs)
     except FileExistsError as exc:
         raise FileExistsError(f"{out} appeared while converting; not overwriting it ({exc})") from exc
     return {p.name: p.stat().st_size for p in sorted(out.iterdir()) if p.is_file()}
@@ -697,71 +736,38 @@ def _verify_saved(out: Path, model) -> None:
 
 
 # ----------------------------------------------------------------------------------- CLI
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="convert_mclstexp_original.py",
-        description="Convert an mclSTExp checkpoint of the authors' code (best_{fold}.pt) into an "
-        "mclstexp-hub checkpoint directory.",
+def run(args: argparse.Namespace) -> ConversionReport:
+    """Convert with the options parsed by `build_parser` (also `mclstexp convert`)."""
+    return convert_checkpoint(
+        args.checkpoint,
+        args.genes,
+        args.out,
+        reference_expression=args.reference_expression,
+        reference_positions=args.reference_positions,
+        section_names=args.section_names,
+        exclude_sections=args.exclude_sections,
+        expression_layout=args.expression_layout,
+        slice_positions=args.slice_positions,
+        max_position=args.max_position,
+        inference_only=args.inference_only,
+        heads=args.heads,
+        head_dim=args.head_dim,
+        retrieval_k=args.retrieval_k,
+        bank_batch_size=args.bank_batch_size,
+        overwrite=args.overwrite,
     )
-    parser.add_argument("--checkpoint", required=True, help="the authors' best_{fold}.pt")
-    parser.add_argument("--genes", required=True, help="gene panel in training order (.npy or text)")
-    parser.add_argument("--out", required=True, help="output checkpoint directory")
-    parser.add_argument("--reference-expression", nargs="+", default=[], metavar="FILE",
-                        help="preprocessed expression per reference section (authors' "
-                        "preprocessed_matrix.npy, genes x spots; or spots x genes; or .csv/.tsv)")
-    parser.add_argument("--reference-positions", nargs="+", default=[], metavar="FILE",
-                        help="array (x, y) positions per reference section, same spot order "
-                        "(.npy (n, 2) or .csv/.tsv with x, y columns)")
-    parser.add_argument("--section-names", nargs="+", default=None,
-                        help="names of the reference sections (default: file or folder names)")
-    parser.add_argument("--exclude-sections", nargs="+", default=[],
-                        help="sections embedded (batching as the authors') but left out of the "
-                        "bank, e.g. the held-out section of this fold")
-    parser.add_argument("--expression-layout", default="auto",
-                        choices=["auto", "genes-by-spots", "spots-by-genes"])
-    parser.add_argument("--slice-positions", action="store_true",
-                        help="keep only position-table rows 0..max used coordinate")
-    parser.add_argument("--max-position", type=int, default=None,
-                        help="keep this many position-table rows (instead of deriving it)")
-    parser.add_argument("--inference-only", action="store_true",
-                        help="drop the spot tower: image tower + projection + spot bank")
-    parser.add_argument("--heads", type=int, default=DEFAULT_HEADS)
-    parser.add_argument("--head-dim", type=int, default=DEFAULT_HEAD_DIM)
-    parser.add_argument("--retrieval-k", type=int, default=200,
-                        help="neighbours per prediction (paper: 200 HER2+/cSCC, 2400 Alex+10x)")
-    parser.add_argument("--bank-batch-size", type=int, default=AUTHORS_BANK_BATCH_SIZE)
-    parser.add_argument("--overwrite", action="store_true")
-    return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format=f"{TOOL}: %(message)s")
     try:
-        report = convert_checkpoint(
-            args.checkpoint,
-            args.genes,
-            args.out,
-            reference_expression=args.reference_expression,
-            reference_positions=args.reference_positions,
-            section_names=args.section_names,
-            exclude_sections=args.exclude_sections,
-            expression_layout=args.expression_layout,
-            slice_positions=args.slice_positions,
-            max_position=args.max_position,
-            inference_only=args.inference_only,
-            heads=args.heads,
-            head_dim=args.head_dim,
-            retrieval_k=args.retrieval_k,
-            bank_batch_size=args.bank_batch_size,
-            overwrite=args.overwrite,
-        )
-    except (ValueError, FileNotFoundError, FileExistsError) as exc:
+        report = run(args)
+    except (ValueError, OSError) as exc:
         print(f"{TOOL}: error: {exc}", file=sys.stderr)
         return 2
     print(report.format())
     return 0
-
 
 if __name__ == "__main__":
     raise SystemExit(main())

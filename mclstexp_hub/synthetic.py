@@ -447,6 +447,35 @@ def generate_synthetic_dataset(
     )
 
 
+def write_pyramidal_tiff(path: str | Path, image: np.ndarray, mpp: float = 0.5,
+                         tile: int = 256) -> Path:
+    """Write `image` as a tiled pyramidal TIFF: level 0 plus halvings down to ≤ 1,024 px.
+
+    The layout tiffslide/OpenSlide read as a generic pyramid (SubIFDs), with the resolution
+    tag set from `mpp`; used for streaming tests and memory benchmarks of whole slides.
+    """
+    import tifffile
+
+    path = Path(path)
+    levels = [np.ascontiguousarray(image, dtype=np.uint8)]
+    while max(levels[-1].shape[:2]) > 1024:
+        levels.append(np.asarray(Image.fromarray(levels[-1]).reduce(2)))
+    with tifffile.TiffWriter(path, bigtiff=True) as tif:
+        tif.write(levels[0], tile=(tile, tile), photometric="rgb", subifds=len(levels) - 1,
+                  compression="zlib", resolution=(1e4 / mpp, 1e4 / mpp),
+                  resolutionunit="CENTIMETER")
+        for level in levels[1:]:
+            tif.write(level, tile=(tile, tile), photometric="rgb", subfiletype=1,
+                      compression="zlib")
+    return path
+
+
+def tiled_canvas(tile_image: np.ndarray, height: int, width: int) -> np.ndarray:
+    """A large H&E-like canvas made by repeating a synthetic slide (for size, not biology)."""
+    reps = (height // tile_image.shape[0] + 1, width // tile_image.shape[1] + 1, 1)
+    return np.ascontiguousarray(np.tile(tile_image, reps)[:height, :width])
+
+
 __all__ = [
     "FEATURES",
     "SYNTHETIC_NOTE",
@@ -459,4 +488,6 @@ __all__ = [
     "render_synthetic_slide",
     "simulate_counts",
     "spot_features",
+    "tiled_canvas",
+    "write_pyramidal_tiff",
 ]

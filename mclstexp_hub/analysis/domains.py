@@ -8,6 +8,7 @@ left out of the scores (they carry no region), and the number scored is reported
 
 from __future__ import annotations
 
+import csv
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +31,8 @@ def spatial_domains(
         raise ValueError(f"expression must be (n_spots, n_genes); got shape {X.shape}.")
     if not np.isfinite(X).all():
         raise ValueError("expression contains NaN/inf; domains need finite values.")
+    if not isinstance(n_pcs, int) or isinstance(n_pcs, bool) or n_pcs < 1:
+        raise ValueError(f"--n-pcs must be a positive integer; got {n_pcs!r}.")
     if not isinstance(n_clusters, int) or n_clusters < 2:
         raise ValueError(f"--n-clusters must be an integer >= 2; got {n_clusters!r}.")
     if X.shape[0] < n_clusters:
@@ -82,10 +85,11 @@ def read_labels(spec: str, adata) -> tuple[np.ndarray, str]:
         )
     try:
         table = pd.read_csv(path, sep=None, engine="python")
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
-        raise ValueError(f"{path}: cannot parse the label table ({exc}).") from exc
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, csv.Error) as exc:
+        raise ValueError(f"--labels {path}: cannot parse the label table ({exc}); give a CSV/TSV "
+                         "with a `label` column.") from exc
     if "label" not in table.columns:
-        raise ValueError(f"{path}: no `label` column (found {list(table.columns)}).")
+        raise ValueError(f"--labels {path}: no `label` column (found {list(table.columns)}).")
     table["label"] = table["label"].fillna("").astype(str)
     if "spot_id" in table.columns:
         mapping = dict(zip(table["spot_id"].astype(str), table["label"], strict=True))

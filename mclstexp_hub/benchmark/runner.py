@@ -139,6 +139,9 @@ def profile_description(prof, paper_prof, bn_calibration: str, image_encoder: st
     return "; ".join(parts) + "."
 
 
+# `build_dataset(..., allow_dropped_spots=True)`: the reference's inner join of spots and counts.
+ALLOW_DROPPED_SPOTS = True
+
 def _prepare_dataset(opts: BenchmarkOptions, progress: bool) -> Path:
     from mclstexp_hub.data.build import build_dataset
     from mclstexp_hub.data.hf_dataset import load_dataset_metadata
@@ -159,8 +162,11 @@ def _prepare_dataset(opts: BenchmarkOptions, progress: bool) -> Path:
                     "pass --data-dir (the raw data to build the dataset from) or --dataset-dir "
                     "(an already built patch dataset)."
                 )
+            # The reference code inner-joins spots and counts too: spots listed without a
+            # counts row are dropped (counted in the dataset metadata), as theirs are.
             build_dataset(opts.dataset, opts.data_dir, path, sections=opts.sections,
-                          genes_file=opts.genes, progress=progress)
+                          genes_file=opts.genes, progress=progress,
+                          allow_dropped_spots=ALLOW_DROPPED_SPOTS)
     meta = load_dataset_metadata(path)
     if opts.genes and read_gene_panel(opts.genes) != list(meta["gene_names"]):
         raise ValueError(
@@ -286,7 +292,9 @@ def run_benchmark(opts: BenchmarkOptions) -> dict[str, Any]:
     base_overrides: dict[str, Any] = {"patch_size": int(meta.get("patch_size") or 224)}
     if opts.image_encoder:
         base_overrides["image_encoder"] = opts.image_encoder
-    if opts.retrieval_k:
+    if opts.retrieval_k is not None:
+        if opts.retrieval_k < 1:
+            raise ValueError(f"--retrieval-k must be a positive integer; got {opts.retrieval_k}.")
         base_overrides["retrieval_k"] = int(opts.retrieval_k)
 
     # Frozen-feature model: the same config and seed as the models train_model builds.
@@ -467,6 +475,7 @@ def run_benchmark(opts: BenchmarkOptions) -> dict[str, Any]:
             "retrieval_weighting": feature_config.retrieval_weighting,
             "seed": opts.seed,
             "dataset_dir": str(dataset_dir),
+            "allow_dropped_spots": ALLOW_DROPPED_SPOTS if not opts.dataset_dir else None,
         },
         "timings_seconds": timings,
         "command": opts.command or "(called from Python: run_benchmark)",

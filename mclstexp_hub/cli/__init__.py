@@ -27,6 +27,7 @@ _COMMAND_MODULES: dict[str, str] = {
     "domains": "domains_cmd",
     "push": "push_cmd",
     "card": "card_cmd",
+    "convert": "convert_cmd",
     "demo": "demo_cmd",
 }
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+from pathlib import Path
 
 from ._options import (
     add_batch_size_option,
@@ -20,8 +21,17 @@ def _build(args: argparse.Namespace) -> int:
     from mclstexp_hub.data.hf_dataset import load_dataset_metadata, load_st_dataset
     from mclstexp_hub.models.mclstexp.modeling_mclstexp import MclSTExpModel
     from mclstexp_hub.models.mclstexp.spot_bank_mclstexp import SPOT_BANK_FILENAME
+    from mclstexp_hub.outputs import (
+        OutputRefused,
+        check_not_an_input,
+        check_output,
+        is_checkpoint_folder,
+        is_spot_bank_file,
+    )
     from mclstexp_hub.training.bank import build_bank_from_dataset
 
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size must be a positive integer; got {args.batch_size}.")
     own_bank = os.path.join(args.checkpoint, SPOT_BANK_FILENAME)
     out = args.out
     if out is None:
@@ -32,8 +42,21 @@ def _build(args: argparse.Namespace) -> int:
         out = own_bank  # rebuilding a checkpoint's own bank replaces it
     elif os.path.isdir(out):
         out = os.path.join(out, SPOT_BANK_FILENAME)
-    if out != own_bank and os.path.exists(out) and not args.overwrite:
-        raise FileExistsError(f"{out} exists; pass --overwrite to replace it.")
+    dataset_dir = os.path.abspath(args.dataset) if os.path.exists(args.dataset) else None
+    if dataset_dir and os.path.abspath(out).startswith(dataset_dir + os.sep):
+        raise OutputRefused(
+            f"--out {args.out} lies inside the input dataset {args.dataset}; write the bank "
+            "elsewhere (e.g. CHECKPOINT/spot_bank.safetensors)."
+        )
+    checkpoint_files = [os.path.join(args.checkpoint, name) for name in
+                        ("config.json", "model.safetensors")] if os.path.isdir(args.checkpoint) else []
+    inputs = [dataset_dir, *checkpoint_files]
+    if os.path.abspath(out) == os.path.abspath(own_bank) and is_checkpoint_folder(
+            Path(args.checkpoint)):
+        check_not_an_input(out, inputs)  # a checkpoint's own bank is rebuilt in place
+    else:
+        check_output(out, overwrite=args.overwrite, inputs=inputs, is_ours=is_spot_bank_file,
+                     what="spot bank file")
     model = MclSTExpModel.from_pretrained(args.checkpoint, load_spot_bank=False)
     meta = load_dataset_metadata(args.dataset)
     dataset = load_st_dataset(args.dataset, config=args.config, sections=args.sections)
@@ -53,7 +76,25 @@ def _build(args: argparse.Namespace) -> int:
         )
     bank.save(out)
     print(f"wrote {out}: {len(bank)} spots from {', '.join(bank.metadata['sections'])}")
+    _build_index(args, bank, model, os.path.dirname(os.path.abspath(out)))
     return 0
+
+
+def _build_index(args: argparse.Namespace, bank, model, folder: str) -> None:
+    """--index auto|exact|ivf: build (or remove) the FAISS index saved next to the bank."""
+    from mclstexp_hub.retrieval.auto import EXACT_MAX_SPOTS, build_searcher, save_searcher
+
+    k = min(int(model.config.retrieval_k), len(bank))
+    searcher, report = build_searcher(bank, k, kind=args.index,
+                                      target_recall=args.target_recall)
+    written = save_searcher(folder, searcher, report)  # exact: removes a stale index
+    if searcher is None:
+        print(f"search: exact ({report['reason']}; index threshold {EXACT_MAX_SPOTS} spots)")
+        return
+    print(f"search: FAISS IVF index, nlist {report['nlist']}, nprobe {report['nprobe']}: "
+          f"measured recall@{k} {report['recall_at_k']:.4f} on {report['n_probes']} perturbed "
+          f"bank rows (target {report['target_recall']}), built in {report['build_s']:.1f} s")
+    print(f"wrote {', '.join(written)}")
 
 
 def _info(args: argparse.Namespace) -> int:
@@ -84,6 +125,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--out", default=None, help="bank file or folder (default: CHECKPOINT/spot_bank.safetensors)"
     )
     add_overwrite_option(build, "replace an existing --out file")
+    build.add_argument(
+        "--index", choices=["auto", "exact", "ivf"], default="auto",
+        help="neighbour search for predictions: auto (exact up to "
+        "mclstexp_hub.retrieval.auto.EXACT_MAX_SPOTS spots, else a FAISS IVF index tuned on "
+        "the bank to --target-recall, saved as spot_bank.faiss + spot_bank_index.json), "
+        "exact, or ivf (always build the index)")
+    build.add_argument("--target-recall", type=float, default=0.95,
+                       help="recall@k the IVF index must reach on the bank (0.95)")
     add_quiet_option(build, None)
     build.set_defaults(func=_build)
 

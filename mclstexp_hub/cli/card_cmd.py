@@ -11,7 +11,18 @@ from ._options import add_command, add_out_option, option_values
 
 
 def _card(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
     from mclstexp_hub.hub.cards import render_card, write_card
+    from mclstexp_hub.outputs import check_not_an_input
+
+    if args.out != "-":
+        results = Path(args.results_dir) if args.results_dir else None
+        summary = results / "summary.json" if results is not None and results.is_dir() else results
+        check_not_an_input(args.out, [summary, args.checkpoint, args.template])
+        if Path(args.out).is_dir():
+            raise IsADirectoryError(f"--out {args.out} is a folder; give the card's file name "
+                                    "(e.g. README.md).")
 
     text = render_card(
         args.dataset,

@@ -11,6 +11,7 @@ from ._options import (
     add_k_option,
     add_model_option,
     add_out_option,
+    add_overwrite_option,
     add_quiet_option,
     add_sections_option,
     option_values,
@@ -25,7 +26,7 @@ def _run(args: argparse.Namespace) -> int:
         args.model, args.dataset, args.sections, args.out,
         **option_values(args, ("k", "distance", "weighting", "batch_size", "allow_bank_overlap",
                                "n_map_genes")),
-        progress=not args.quiet,
+        progress=not args.quiet, overwrite=args.overwrite,
     )
     print(f"{'section':<10} {'spots':>6} {'PCC(ACG)':>9} {'PCC(HEG)':>9} {'PCC(HVG)':>9} "
           f"{'MSE':>8} {'MAE':>8} {'NaN genes':>9}")
@@ -58,5 +59,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--n-map-genes", type=int, default=4, help="best genes drawn per section map")
     p.add_argument("--allow-bank-overlap", action="store_true",
                    help="score sections that are in the model's bank (not a held-out estimate)")
+    add_overwrite_option(p, "replace an existing --out written by `mclstexp evaluate`")
     add_quiet_option(p)
     p.set_defaults(func=_run)

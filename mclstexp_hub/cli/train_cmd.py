@@ -15,11 +15,36 @@ from ._options import (
 )
 
 
+def _check_numbers(args: argparse.Namespace) -> None:
+    """Refuse explicit numbers that cannot be used (0 included), naming the option."""
+    at_least_one = {"--epochs": args.epochs, "--batch-size": args.batch_size,
+                    "--retrieval-k": args.retrieval_k, "--max-position": args.max_position}
+    for option, value in at_least_one.items():
+        if value is not None and value < 1:
+            raise ValueError(f"{option} must be a positive integer; got {value}.")
+    if args.lr is not None and not args.lr > 0:
+        raise ValueError(f"--lr must be > 0; got {args.lr} (a zero learning rate trains nothing).")
+    if args.weight_decay is not None and not args.weight_decay >= 0:
+        raise ValueError(f"--weight-decay must be >= 0; got {args.weight_decay}.")
+    if args.feature_views is not None and args.feature_views < 0:
+        raise ValueError(f"--feature-views must be >= 0 (0: no cached views); got {args.feature_views}.")
+    if args.image_encoder is not None and not args.image_encoder.strip():
+        raise ValueError("--image-encoder is empty; give a timm model name or leave it out.")
+    if args.pretrained_encoder is not None and not args.pretrained_encoder.strip():
+        raise ValueError("--pretrained-encoder is empty; give a weights file or a timm Hub id.")
+
+
 def _train(args: argparse.Namespace) -> int:
     from mclstexp_hub.data.hf_dataset import load_dataset_metadata, load_st_dataset
+    from mclstexp_hub.outputs import check_not_an_input
     from mclstexp_hub.training.profiles import DATASET_PRESETS
     from mclstexp_hub.training.trainer import resolve_profile, train_model
 
+    _check_numbers(args)
+    encoder_file = args.pretrained_encoder if args.pretrained_encoder and os.path.exists(
+        args.pretrained_encoder) else None
+    inputs = [args.dataset if os.path.exists(args.dataset) else None, encoder_file]
+    check_not_an_input(args.out, inputs)  # before the slow work: --out may never hold an input
     meta = load_dataset_metadata(args.dataset)
     preset = args.preset or args.config or meta.get("config_name")
     if preset not in DATASET_PRESETS:
@@ -34,9 +59,9 @@ def _train(args: argparse.Namespace) -> int:
     overrides = {}
     if args.image_encoder:
         overrides["image_encoder"] = args.image_encoder
-    if args.max_position:
+    if args.max_position is not None:
         overrides["max_position"] = args.max_position
-    if args.retrieval_k:
+    if args.retrieval_k is not None:
         overrides["retrieval_k"] = args.retrieval_k
     profile = resolve_profile(
         args.profile,
@@ -64,6 +89,7 @@ def _train(args: argparse.Namespace) -> int:
         pretrained_encoder=args.pretrained_encoder,
         dataset_metadata=meta,
         keep_checkpoints=args.keep_checkpoints,
+        inputs=inputs,
     )
     if int(os.environ.get("RANK", "0")) != 0:
         return 0  # under torchrun / accelerate launch, rank 0 reports

@@ -9,6 +9,8 @@ whose spots are in the bank are refused by default: their own profiles would be 
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -55,12 +57,25 @@ def evaluate_checkpoint(
     allow_bank_overlap: bool = False,
     n_map_genes: int = 4,
     progress: bool = True,
+    overwrite: bool = False,
 ) -> tuple[list[SectionMetrics], dict[str, Path]]:
-    """Predict and score `sections` of `dataset` with the checkpoint at `model_path`."""
+    """Predict and score `sections` of `dataset` with the checkpoint at `model_path`.
+
+    `out_dir` is written whole or not at all (staged, then renamed); an existing one is
+    replaced only with `overwrite` and only when it holds an evaluation of ours.
+    """
     from mclstexp_hub.data.hf_dataset import load_dataset_metadata, load_st_dataset
     from mclstexp_hub.models.mclstexp.modeling_mclstexp import MclSTExpModel
+    from mclstexp_hub.outputs import check_output
     from mclstexp_hub.training.torch_dataset import SpotPatchDataset
 
+    for option, value in (("--k", k), ("--batch-size", batch_size)):
+        if value is not None and (isinstance(value, bool) or value < 1):
+            raise ValueError(f"{option} must be a positive integer; got {value}.")
+    if n_map_genes < 0:
+        raise ValueError(f"--n-map-genes must be >= 0 (0: no gene maps); got {n_map_genes}.")
+    out_dir = check_output(out_dir, overwrite=overwrite, inputs=[model_path, dataset],
+                           is_ours=is_evaluation_folder, what="evaluation folder")
     model = MclSTExpModel.from_pretrained(os.fspath(model_path)).eval()
     if model.spot_bank is None:
         raise ValueError(
@@ -79,6 +94,14 @@ def evaluate_checkpoint(
     sections = list(sections or meta["sections"])
     if not sections:
         raise ValueError(f"{dataset}: no sections to evaluate.")
+    if k is not None and k > len(model.spot_bank):
+        raise ValueError(
+            f"--k {k} exceeds the {len(model.spot_bank)} spots of {model_path}'s spot bank; pass "
+            f"--k <= {len(model.spot_bank)}."
+        )
+    unknown = sorted(set(sections) - set(meta["sections"]))
+    if unknown:
+        raise ValueError(f"--sections {unknown} are not in {dataset} (it has {meta['sections']}).")
     in_bank = sorted(set(sections) & set(model.spot_bank.section_ids))
     if in_bank and not allow_bank_overlap:
         raise ValueError(
@@ -106,16 +129,44 @@ def evaluate_checkpoint(
         "model": os.fspath(model_path),
         "dataset": os.fspath(dataset),
         "sections": sections,
-        "retrieval": {"k": int(k or model.config.retrieval_k),
+        "retrieval": {"k": int(k if k is not None else model.config.retrieval_k),
                       "distance": distance or model.config.retrieval_distance,
                       "weighting": weighting or model.config.retrieval_weighting,
                       "bank_spots": len(model.spot_bank)},
         "sections_in_bank": in_bank,
         "expression_units": model.config.expression_units or meta.get("units"),
     }
-    paths = write_section_reports(results, out_dir, maps=maps, extra=extra,
-                                  n_map_genes=n_map_genes)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.staging-", dir=out_dir.parent))
+    trash = None
+    try:
+        staged = write_section_reports(results, stage, maps=maps, extra=extra,
+                                       n_map_genes=n_map_genes)
+        if out_dir.exists():
+            trash = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.replaced-", dir=out_dir.parent))
+            os.replace(out_dir, trash / "old")
+        os.replace(stage, out_dir)
+    except BaseException:
+        if trash is not None and not out_dir.exists():
+            os.replace(trash / "old", out_dir)
+        raise
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+        if trash is not None:
+            shutil.rmtree(trash, ignore_errors=True)
+    paths = {role: out_dir / p.relative_to(stage) for role, p in staged.items()}
     return results, paths
 
 
-__all__ = ["evaluate_checkpoint", "predict_patches"]
+def is_evaluation_folder(path: Path) -> bool:
+    """A folder written by `mclstexp evaluate` (metrics.json naming the model and dataset)."""
+    import json
+
+    try:
+        payload = json.loads((Path(path) / "metrics.json").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return False
+    return isinstance(payload, dict) and {"model", "dataset", "per_section"} <= set(payload)
+
+
+__all__ = ["evaluate_checkpoint", "is_evaluation_folder", "predict_patches"]

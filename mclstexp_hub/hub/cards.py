@@ -162,8 +162,12 @@ def load_results(results_dir: str | os.PathLike) -> ResultsSummary:
         )
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{path}: not valid JSON ({exc})") from exc
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{path}: not valid JSON ({exc}); rerun `mclstexp benchmark` to "
+                         "write it again.") from exc
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a JSON object (a `mclstexp benchmark` summary), got "
+                         f"{type(data).__name__}.")
     for key in ("dataset", "split", "methods", "sections", "folds"):
         if key not in data:
             raise ValueError(f"{path}: missing '{key}'; is this a `mclstexp benchmark` summary?")

@@ -87,6 +87,10 @@ def load_pipeline(
 
     device = resolve_device(device)
     loaded = MclSTExpModel.from_pretrained(model, revision=revision)
+    if looks_local:  # a saved FAISS index next to the bank (`bank build --index`), if valid
+        from ..retrieval.auto import attach_saved_searcher
+
+        source.update(attach_saved_searcher(loaded, model))
     try:
         processor = AutoImageProcessor.from_pretrained(model, revision=revision,
                                                        trust_remote_code=False)

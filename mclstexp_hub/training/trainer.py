@@ -24,8 +24,8 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterable, Mapping
-from pathlib import Path
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -274,9 +274,8 @@ def _prepare_out_dir(
                 "trainer's checkpoints/ state; --resume would replace them. Choose another --out."
             )
         return False
-    fresh = not os.path.isdir(out_dir)
     os.makedirs(out_dir, exist_ok=True)
-    return fresh or True
+    return True
 
 
 def _remove_own_out_dir(out_dir: str, existed_empty: bool) -> None:
@@ -346,6 +345,26 @@ def resolve_profile(
 
 def _world() -> tuple[int, int]:
     return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def _check_positions(positions: torch.Tensor, max_position: int | None, dataset: str | None) -> None:
+    """Refuse coordinates the position tables cannot index (negative, or >= max_position)."""
+    if not len(positions):
+        return
+    where = f"dataset {dataset!r}" if dataset else "the dataset"
+    low, high = int(positions.min()), int(positions.max())
+    if low < 0:
+        raise ValueError(
+            f"{where}: array coordinates must be >= 0 (found {low}); rebuild the dataset from a "
+            "spot file with grid indices."
+        )
+    if high >= MAX_POSITION_LIMIT:
+        derive_max_position(positions)  # raises with the explanation
+    if max_position is not None and isinstance(max_position, int) and high >= max_position:
+        raise ValueError(
+            f"--max-position {max_position} is too small: the array coordinates of {where} reach "
+            f"{high}; pass --max-position >= {high + 1} or leave it out (derived from the data)."
+        )
 
 
 def train_model(
@@ -447,233 +466,196 @@ def train_model(
             print(f"warning: {k_warning}", file=sys.stderr)
     _check_positions(spots.positions, effective_overrides.get("max_position"),
                      meta.get("dataset_name"))
-    if out_dir is None:
-        return _train(**locals())
-    out_dir = os.fspath(out_dir)
-    existed_empty = os.path.isdir(out_dir) and not os.listdir(out_dir)
-    own = _prepare_out_dir(out_dir, resume, inputs) if is_main else False
+    own, existed_empty = False, False
+    if out_dir is not None:
+        out_dir = os.fspath(out_dir)
+        existed_empty = os.path.isdir(out_dir) and not os.listdir(out_dir)
+        own = _prepare_out_dir(out_dir, resume, inputs) if is_main else False
     try:
-        return _train(**locals())
-    except BaseException:
-        if own and is_main:
-            _remove_own_out_dir(out_dir, existed_empty)
-        raise
-
-
-def _check_positions(positions: torch.Tensor, max_position: int | None, dataset: str | None) -> None:
-    """Refuse coordinates the position tables cannot index (negative, or >= max_position)."""
-    if not len(positions):
-        return
-    where = f"dataset {dataset!r}" if dataset else "the dataset"
-    low, high = int(positions.min()), int(positions.max())
-    if low < 0:
-        raise ValueError(
-            f"{where}: array coordinates must be >= 0 (found {low}); rebuild the dataset from a "
-            "spot file with grid indices."
+        set_seed(prof.seed)
+        config = build_training_config(
+            gene_names,
+            dataset_preset=dataset_preset,
+            config_overrides=effective_overrides,
+            positions=spots.positions,
+            patch_size=patch_size,
+            expression_transform=expression_transform,
+            expression_units=expression_units,
         )
-    if high >= MAX_POSITION_LIMIT:
-        derive_max_position(positions)  # raises with the explanation
-    if max_position is not None and isinstance(max_position, int) and high >= max_position:
-        raise ValueError(
-            f"--max-position {max_position} is too small: the array coordinates of {where} reach "
-            f"{high}; pass --max-position >= {high + 1} or leave it out (derived from the data)."
-        )
+        model = MclSTExpModel(config)
+        if pretrained_encoder:
+            load_pretrained_encoder(model, pretrained_encoder)
+        check_dataset_genes(model, gene_names, spots.n_genes)
+        if prof.channels_last:
+            model.image_encoder.to(memory_format=torch.channels_last)
 
-
-def _train(**ns: Any) -> TrainResult:
-    """The body of `train_model` once its inputs are checked (`ns` = its local variables)."""
-    from transformers import TrainingArguments, set_seed
-    from transformers.trainer_utils import get_last_checkpoint
-
-    (spots, prof, gene_names, dataset_preset, out_dir, meta, patch_size, progress, is_main,
-     cached_features, pretrained_encoder, world_size, max_steps, save_steps, resume,
-     keep_checkpoints, callbacks, started, config_overrides, run_warnings,
-     effective_overrides, expression_transform, expression_units, inputs) = (
-        ns[k] for k in ("spots", "prof", "gene_names", "dataset_preset", "out_dir", "meta",
-                        "patch_size", "progress", "is_main", "cached_features",
-                        "pretrained_encoder", "world_size", "max_steps", "save_steps", "resume",
-                        "keep_checkpoints", "callbacks", "started", "config_overrides",
-                        "run_warnings", "effective_overrides", "expression_transform",
-                        "expression_units", "inputs"))
-    set_seed(prof.seed)
-    config = build_training_config(
-        gene_names,
-        dataset_preset=dataset_preset,
-        config_overrides=effective_overrides,
-        positions=spots.positions,
-        patch_size=patch_size,
-        expression_transform=expression_transform,
-        expression_units=expression_units,
-    )
-    model = MclSTExpModel(config)
-    if pretrained_encoder:
-        load_pretrained_encoder(model, pretrained_encoder)
-    check_dataset_genes(model, gene_names, spots.n_genes)
-    if prof.channels_last:
-        model.image_encoder.to(memory_format=torch.channels_last)
-
-    timings: dict[str, float] = {}
-    ckpt_dir = os.path.join(out_dir, CHECKPOINTS_DIR) if out_dir is not None else None
-    train_set: torch.utils.data.Dataset
-    if prof.freeze_image_encoder and (prof.n_feature_views > 0 or cached_features is not None):
-        t0 = time.perf_counter()
-        if cached_features is None:
-            if prof.recalibrate_batchnorm:
-                recalibrate_batchnorm(model, spots, channels_last=prof.channels_last, progress=progress and is_main)
-            cache = os.path.join(ckpt_dir, FEATURE_CACHE_FILE) if ckpt_dir else None
-            views = []
-            if prof.include_clean_view:
+        timings: dict[str, float] = {}
+        ckpt_dir = os.path.join(out_dir, CHECKPOINTS_DIR) if out_dir is not None else None
+        train_set: torch.utils.data.Dataset
+        if prof.freeze_image_encoder and (prof.n_feature_views > 0 or cached_features is not None):
+            t0 = time.perf_counter()
+            if cached_features is None:
+                if prof.recalibrate_batchnorm:
+                    recalibrate_batchnorm(model, spots, channels_last=prof.channels_last, progress=progress and is_main)
+                cache = os.path.join(ckpt_dir, FEATURE_CACHE_FILE) if ckpt_dir else None
+                views = []
+                if prof.include_clean_view:
+                    views.append(
+                        compute_image_features(
+                            model, spots, 1, augment=False, seed=prof.seed, bf16=prof.bf16,
+                            channels_last=prof.channels_last, progress=progress and is_main,
+                            cache_path=cache and cache.replace(".safetensors", "-clean.safetensors"),
+                        )
+                    )
                 views.append(
                     compute_image_features(
-                        model, spots, 1, augment=False, seed=prof.seed, bf16=prof.bf16,
-                        channels_last=prof.channels_last, progress=progress and is_main,
-                        cache_path=cache and cache.replace(".safetensors", "-clean.safetensors"),
+                        model, spots, prof.n_feature_views, augment=True, seed=prof.seed,
+                        bf16=prof.bf16, channels_last=prof.channels_last,
+                        progress=progress and is_main, cache_path=cache,
                     )
                 )
-            views.append(
-                compute_image_features(
-                    model, spots, prof.n_feature_views, augment=True, seed=prof.seed,
-                    bf16=prof.bf16, channels_last=prof.channels_last,
-                    progress=progress and is_main, cache_path=cache,
+                cached_features = torch.cat(views)
+            elif prof.recalibrate_batchnorm and spots.patches is not None:
+                recalibrate_batchnorm(model, spots, channels_last=prof.channels_last, progress=False)
+            expected = (len(spots), model.image_encoder.num_features)
+            if cached_features.ndim != 3 or tuple(cached_features.shape[1:]) != expected:
+                raise ValueError(
+                    f"cached_features must be (n_views, {expected[0]}, {expected[1]}) — n_views × "
+                    f"training spots × the encoder's feature width; got {tuple(cached_features.shape)}."
                 )
-            )
-            cached_features = torch.cat(views)
-        elif prof.recalibrate_batchnorm and spots.patches is not None:
-            recalibrate_batchnorm(model, spots, channels_last=prof.channels_last, progress=False)
-        expected = (len(spots), model.image_encoder.num_features)
-        if cached_features.ndim != 3 or tuple(cached_features.shape[1:]) != expected:
-            raise ValueError(
-                f"cached_features must be (n_views, {expected[0]}, {expected[1]}) — n_views × "
-                f"training spots × the encoder's feature width; got {tuple(cached_features.shape)}."
-            )
-        train_set = CachedFeatureDataset(cached_features, spots.expression, spots.positions)
-        timings["feature_seconds"] = time.perf_counter() - t0
-    else:
-        if spots.patches is None:
-            raise ValueError("Training from pixels needs decoded patches (the `image` column).")
-        train_set = spots
+            train_set = CachedFeatureDataset(cached_features, spots.expression, spots.positions)
+            timings["feature_seconds"] = time.perf_counter() - t0
+        else:
+            if spots.patches is None:
+                raise ValueError("Training from pixels needs decoded patches (the `image` column).")
+            train_set = spots
 
-    if prof.grad_checkpointing:
-        enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
-        enable()
-    freeze_handle = freeze_encoder_for_training(model) if prof.freeze_image_encoder else None
-    collator = SpotCollator(config.pixel_scaling, augment=prof.augment, channels_last=prof.channels_last)
+        if prof.grad_checkpointing:
+            enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
+            enable()
+        freeze_handle = freeze_encoder_for_training(model) if prof.freeze_image_encoder else None
+        collator = SpotCollator(config.pixel_scaling, augment=prof.augment, channels_last=prof.channels_last)
 
-    steps_per_epoch = math.ceil(len(train_set) / (prof.batch_size * world_size))
-    if save_steps is None:
-        save_steps = steps_per_epoch * max(1, prof.epochs // 20)
-    temp_output = None
-    if ckpt_dir is None:
-        temp_output = tempfile.TemporaryDirectory(prefix="mclstexp-train-")
-    use_cpu = not torch.cuda.is_available()
-    args = TrainingArguments(
-        output_dir=ckpt_dir or temp_output.name,
-        per_device_train_batch_size=prof.batch_size,
-        num_train_epochs=prof.epochs,
-        max_steps=max_steps or -1,
-        learning_rate=prof.learning_rate,
-        weight_decay=prof.weight_decay,
-        lr_scheduler_type=prof.lr_scheduler,
-        warmup_steps=float(prof.warmup_ratio) if prof.warmup_ratio else 0,  # float = ratio
-        max_grad_norm=0.0,  # the reference does not clip gradients
-        logging_strategy="steps",
-        logging_steps=1,
-        save_strategy="steps" if ckpt_dir else "no",
-        save_steps=save_steps,
-        save_total_limit=1,
-        seed=prof.seed,
-        data_seed=prof.seed,
-        bf16=prof.bf16,
-        use_cpu=use_cpu,
-        ddp_backend="gloo" if use_cpu and world_size > 1 else None,
-        dataloader_num_workers=0,
-        dataloader_pin_memory=False,
-        remove_unused_columns=False,
-        report_to="none",
-        disable_tqdm=not progress,
-    )
-    trainer_cls, history_cls, progress_cls = _trainer_classes()
-    history_cb = history_cls()
-    trainer = trainer_cls(
-        model=model,
-        args=args,
-        train_dataset=train_set,
-        data_collator=collator,
-        callbacks=[history_cb, *(callbacks or [])],
-    )
-    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+        steps_per_epoch = math.ceil(len(train_set) / (prof.batch_size * world_size))
+        if save_steps is None:
+            save_steps = steps_per_epoch * max(1, prof.epochs // 20)
+        temp_output = None
+        if ckpt_dir is None:
+            temp_output = tempfile.TemporaryDirectory(prefix="mclstexp-train-")
+        use_cpu = not torch.cuda.is_available()
+        args = TrainingArguments(
+            output_dir=ckpt_dir or temp_output.name,
+            per_device_train_batch_size=prof.batch_size,
+            num_train_epochs=prof.epochs,
+            max_steps=max_steps or -1,
+            learning_rate=prof.learning_rate,
+            weight_decay=prof.weight_decay,
+            lr_scheduler_type=prof.lr_scheduler,
+            warmup_steps=float(prof.warmup_ratio) if prof.warmup_ratio else 0,  # float = ratio
+            max_grad_norm=0.0,  # the reference does not clip gradients
+            logging_strategy="steps",
+            logging_steps=1,
+            save_strategy="steps" if ckpt_dir else "no",
+            save_steps=save_steps,
+            save_total_limit=1,
+            seed=prof.seed,
+            data_seed=prof.seed,
+            bf16=prof.bf16,
+            use_cpu=use_cpu,
+            ddp_backend="gloo" if use_cpu and world_size > 1 else None,
+            dataloader_num_workers=0,
+            dataloader_pin_memory=False,
+            remove_unused_columns=False,
+            report_to="none",
+            disable_tqdm=not progress,
+        )
+        trainer_cls, history_cls, progress_cls = _trainer_classes()
+        history_cb = history_cls()
+        trainer = trainer_cls(
+            model=model,
+            args=args,
+            train_dataset=train_set,
+            data_collator=collator,
+            callbacks=[history_cb, *(callbacks or [])],
+        )
+        from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
-    # forward takes **kwargs, but its loss is a per-batch mean that ignores num_items_in_batch;
-    # otherwise the Trainer would scale it by the number of processes under DDP.
-    trainer.model_accepts_loss_kwargs = False
-    trainer.bank_spots, trainer.bank_gene_names, trainer.bank_metadata = spots, list(gene_names), meta
-    trainer.pop_callback(PrinterCallback)  # logs go to `history`, not one printed line per step
-    if progress and trainer.pop_callback(ProgressCallback) is not None:
-        trainer.add_callback(progress_cls())
-    resume_from = None
-    if resume and ckpt_dir and os.path.isdir(ckpt_dir):
-        resume_from = get_last_checkpoint(ckpt_dir)
-        if resume_from is None:
-            logger.warning("resume: no checkpoint under %s; training from the start.", ckpt_dir)
-    t0 = time.perf_counter()
-    try:
-        trainer.train(resume_from_checkpoint=resume_from)
-    finally:
-        if freeze_handle is not None:
-            freeze_handle.remove()
-        if temp_output is not None:
-            temp_output.cleanup()
-    timings["train_seconds"] = time.perf_counter() - t0
+        # forward takes **kwargs, but its loss is a per-batch mean that ignores num_items_in_batch;
+        # otherwise the Trainer would scale it by the number of processes under DDP.
+        trainer.model_accepts_loss_kwargs = False
+        trainer.bank_spots, trainer.bank_gene_names, trainer.bank_metadata = spots, list(gene_names), meta
+        trainer.pop_callback(PrinterCallback)  # logs go to `history`, not one printed line per step
+        if progress and trainer.pop_callback(ProgressCallback) is not None:
+            trainer.add_callback(progress_cls())
+        resume_from = None
+        if resume and ckpt_dir and os.path.isdir(ckpt_dir):
+            resume_from = get_last_checkpoint(ckpt_dir)
+            if resume_from is None:
+                logger.warning("resume: no checkpoint under %s; training from the start.", ckpt_dir)
+        t0 = time.perf_counter()
+        try:
+            trainer.train(resume_from_checkpoint=resume_from)
+        finally:
+            if freeze_handle is not None:
+                freeze_handle.remove()
+            if temp_output is not None:
+                temp_output.cleanup()
+        timings["train_seconds"] = time.perf_counter() - t0
 
-    model.eval()
-    model.image_encoder.to(memory_format=torch.contiguous_format)
-    t0 = time.perf_counter()
-    bank = build_bank_from_dataset(
-        model,
-        spots,
-        progress=progress and is_main,
-        gene_names=gene_names,
-        dataset_metadata=meta,
-    )
-    timings["bank_seconds"] = time.perf_counter() - t0
-    seconds = time.perf_counter() - started
-    history = [dict(h) for h in history_cb.history]
-    if out_dir is not None and trainer.is_world_process_zero():
-        info = {
-            "profile": asdict(prof),
-            "dataset_preset": dataset_preset,
-            "config_overrides": config_overrides or {},
-            "train_spots": len(spots),
-            "train_sections": list(dict.fromkeys(spots.sections)),
-            "dataset": meta.get("dataset_name"),
-            "cached_feature_views": int(cached_features.shape[0]) if cached_features is not None else 0,
-            "world_size": world_size,
-            "global_batch_size": prof.batch_size * world_size,
-            "pretrained_encoder": (
-                "a state dict given in memory" if isinstance(pretrained_encoder, Mapping)
-                else pretrained_encoder
-            ),
-            "bank": dict(bank.metadata),
-            "retrieval_k": model.config.retrieval_k,
-            "warnings": list(run_warnings),
-            "seconds": seconds,
-            **timings,
-            "history": history,
-        }
-        # Replaces out_dir whole (it only holds this run's Trainer state): complete or absent.
-        write_checkpoint(model, out_dir, training_info=info, overwrite=True,
-                         keep=(CHECKPOINTS_DIR,) if keep_checkpoints else (), inputs=inputs,
-                         is_ours=is_training_out_dir)
-    if world_size > 1:
-        trainer.accelerator.wait_for_everyone()  # every rank returns after the checkpoint exists
-    return TrainResult(
-        model=model,
-        checkpoint_dir=out_dir,
-        history=history,
-        train_spots=len(spots),
-        seconds=seconds,
-        timings=timings,
-    )
+        model.eval()
+        model.image_encoder.to(memory_format=torch.contiguous_format)
+        t0 = time.perf_counter()
+        bank = build_bank_from_dataset(
+            model,
+            spots,
+            progress=progress and is_main,
+            gene_names=gene_names,
+            dataset_metadata=meta,
+        )
+        timings["bank_seconds"] = time.perf_counter() - t0
+        seconds = time.perf_counter() - started
+        history = [dict(h) for h in history_cb.history]
+        if out_dir is not None and trainer.is_world_process_zero():
+            info = {
+                "profile": asdict(prof),
+                "dataset_preset": dataset_preset,
+                "config_overrides": config_overrides or {},
+                "train_spots": len(spots),
+                "train_sections": list(dict.fromkeys(spots.sections)),
+                "dataset": meta.get("dataset_name"),
+                "cached_feature_views": int(cached_features.shape[0]) if cached_features is not None else 0,
+                "world_size": world_size,
+                "global_batch_size": prof.batch_size * world_size,
+                "pretrained_encoder": (
+                    "a state dict given in memory" if isinstance(pretrained_encoder, Mapping)
+                    else pretrained_encoder
+                ),
+                "bank": dict(bank.metadata),
+                "retrieval_k": model.config.retrieval_k,
+                "warnings": list(run_warnings),
+                "seconds": seconds,
+                **timings,
+                "history": history,
+            }
+            # Replaces out_dir whole (it only holds this run's Trainer state): complete or absent.
+            write_checkpoint(model, out_dir, training_info=info, overwrite=True,
+                             keep=(CHECKPOINTS_DIR,) if keep_checkpoints else (), inputs=inputs,
+                             is_ours=is_training_out_dir)
+        if world_size > 1:
+            trainer.accelerator.wait_for_everyone()  # every rank returns after the checkpoint exists
+        return TrainResult(
+            model=model,
+            checkpoint_dir=out_dir,
+            history=history,
+            train_spots=len(spots),
+            seconds=seconds,
+            timings=timings,
+        )
+    except BaseException:
+        # failed or interrupted (SIGINT/SIGTERM): no half-trained folder blocks a rerun
+        if own:
+            _remove_own_out_dir(out_dir, existed_empty)
+        raise
 
 
 __all__ = [

@@ -95,3 +95,22 @@ def test_interrupted_predict_leaves_nothing(assets, tmp_path, sig):
     code, err = _wait_then_signal(argv, lambda e: "predict:" in e and "spot" in e, sig)
     _assert_clean(work, before, err, code, sig)
     assert assets_snapshot(assets.root) == shared
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_interrupted_train_leaves_nothing_and_reruns(assets, tmp_path, sig):
+    """Signalled once its --out folder exists (training has started): no checkpoint, no
+    checkpoints/ state and no staging folder remain, and the same command then succeeds."""
+    work = tmp_path / "work"
+    work.mkdir()
+    shared = assets_snapshot(assets.root)
+    before = snapshot(work)
+    argv = ["train", "--dataset", assets.dataset, "--out", work / "ck", "--preset", "her2st",
+            "--profile", "cpu", "--image-encoder", "resnet10t", "--epochs", 40]
+    code, err = _wait_then_signal(argv, lambda _err: (work / "ck").exists(), sig)
+    _assert_clean(work, before, err, code, sig)
+    assert assets_snapshot(assets.root) == shared
+    rerun = subprocess.run([sys.executable, "-m", "mclstexp_hub.cli", *map(str, argv), "--quiet"],
+                           capture_output=True, text=True, timeout=600, check=False)
+    assert rerun.returncode == 0, rerun.stderr[-800:]
+    assert (work / "ck" / "config.json").is_file() and not (work / "ck" / "checkpoints").exists()

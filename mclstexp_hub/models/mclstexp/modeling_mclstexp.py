@@ -246,6 +246,9 @@ class MclSTExpModel(MclSTExpPreTrainedModel):
                 n_genes, config.projection_dim, config.dropout
             )
         self.spot_bank: SpotBank | None = None
+        # Optional neighbour searcher over the bank (e.g. a FAISS index for very large banks):
+        # any object with `search(queries, k) -> (similarities, indices)` and `len()`.
+        self.spot_searcher: Any = None
         self.gradient_checkpointing = False
         self.post_init()
 
@@ -410,6 +413,7 @@ class MclSTExpModel(MclSTExpPreTrainedModel):
         """Use `bank` for retrieval; refused when genes or embedding width differ."""
         bank.check_compatible(list(self.config.gene_names), self.config.projection_dim)
         self.spot_bank = bank
+        self.spot_searcher = None  # an index of another bank must never serve this one
 
     @torch.no_grad()
     def build_spot_bank(
@@ -501,6 +505,8 @@ class MclSTExpModel(MclSTExpPreTrainedModel):
         k = int(k if k is not None else self.config.retrieval_k)
         distance = distance or self.config.retrieval_distance
         weighting = weighting or self.config.retrieval_weighting
+        if searcher is None:
+            searcher = self.spot_searcher
         expression, indices, weights = self.spot_bank.retrieve(
             queries, k, distance, weighting, chunk_size=chunk_size, searcher=searcher
         )
