@@ -228,6 +228,21 @@ def test_plain_pipeline_call_with_trust_remote_code(checkpoint, slide_patches):
     assert np.allclose(list(out.values()), _direct(pipe.model, patches[1:2])[0].numpy(), atol=1e-6)
 
 
+def test_plain_pipeline_call_without_trust_remote_code(checkpoint, slide_patches):
+    """With the package installed, `pipeline(task, model=dir)` needs no trust_remote_code.
+
+    config.json still carries `custom_pipelines` (for users without the package: see the next
+    test), but the installed, registered pipeline serves the task.
+    """
+    _, patches = slide_patches
+    saved = json.loads((Path(checkpoint) / "config.json").read_text())
+    assert TASK in saved["custom_pipelines"]
+    pipe = pipeline(TASK, model=str(checkpoint), device="cpu")
+    assert type(pipe) is MclSTExpPipeline
+    out = pipe(Image.fromarray(patches[1]))
+    assert np.allclose(list(out.values()), _direct(pipe.model, patches[1:2])[0].numpy(), atol=1e-6)
+
+
 def test_remote_code_load_without_the_package(checkpoint, slide_patches, synthetic, tmp_path):
     """Where mclstexp_hub cannot be imported, the checkpoint's own code serves all inputs."""
     spots, patches = slide_patches

@@ -100,6 +100,25 @@ class MclSTExpConfig(PreTrainedConfig):
 
     # --------------------------------------------------------------- helpers
     @property
+    def custom_pipelines(self) -> dict:
+        """The saved `custom_pipelines` entry — hidden while the installed package serves it.
+
+        config.json records the pipeline's remote code for users without `mclstexp_hub`; where
+        the package is installed and has registered the task, transformers would still demand
+        `trust_remote_code=True` for any config carrying that entry. Reading it as empty then
+        lets `pipeline("spatial-gene-expression", model=ckpt)` use the registered class; the
+        entry itself stays in `__dict__`, so saving writes it unchanged.
+        """
+        stored = self.__dict__.get("custom_pipelines") or {}
+        if stored and _package_serves(stored):
+            return {}
+        return stored
+
+    @custom_pipelines.setter
+    def custom_pipelines(self, value: dict) -> None:
+        self.__dict__["custom_pipelines"] = value
+
+    @property
     def n_genes(self) -> int:
         return len(self.gene_names or [])
 
@@ -168,6 +187,20 @@ class MclSTExpConfig(PreTrainedConfig):
                 + (f"; similar names: {similar}" if similar else "")
                 + "."
             )
+
+
+def _package_serves(custom: dict) -> bool:
+    """True when every task in `custom` is registered locally by the installed mclstexp_hub."""
+    import sys
+
+    registry = getattr(sys.modules.get("transformers.pipelines"), "PIPELINE_REGISTRY", None)
+    if registry is None:
+        return False
+    for task in custom:
+        impl = registry.supported_tasks.get(task, {}).get("impl")
+        if impl is None or not getattr(impl, "__module__", "").startswith("mclstexp_hub."):
+            return False
+    return True
 
 
 def _raise_value_errors(init):

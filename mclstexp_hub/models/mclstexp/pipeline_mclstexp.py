@@ -306,7 +306,8 @@ class MclSTExpPipeline(Pipeline):
                     raise FileNotFoundError(f"patch image not found: {path}")
                 image = decode_flat_image(path)  # size cap, truncation check, mode conversion
         if isinstance(image, (Image.Image, np.ndarray)):
-            image = to_rgb8(image, "patch image")  # 16-bit scaled, alpha over white, …
+            # 16-bit scaled, alpha over white, …; writable, as torch.from_numpy wants
+            image = np.require(to_rgb8(image, "patch image"), requirements="W")
         inputs = self.image_processor(image, return_tensors="pt")
         return {"pixel_values": inputs["pixel_values"].to(self.dtype)}
 
