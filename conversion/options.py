@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import argparse
 
+from mclstexp_hub.cli._options import ListOption
+
 AUTHORS_BANK_BATCH_SIZE = 32  # their evaluation DataLoader: batch_size=32, shuffle=False
 DEFAULT_HEADS, DEFAULT_HEAD_DIM = 8, 64  # their train.py defaults; not recoverable from shapes
 DESCRIPTION = ("Convert an mclSTExp checkpoint of the authors' code (best_{fold}.pt) into an "
@@ -20,15 +22,15 @@ def build_parser(
     parser.add_argument("--checkpoint", required=True, help="the authors' best_{fold}.pt")
     parser.add_argument("--genes", required=True, help="gene panel in training order (.npy or text)")
     parser.add_argument("--out", required=True, help="output checkpoint directory")
-    parser.add_argument("--reference-expression", nargs="+", default=[], metavar="FILE",
+    parser.add_argument("--reference-expression", nargs="+", action=ListOption, default=[], metavar="FILE",
                         help="preprocessed expression per reference section (authors' "
                         "preprocessed_matrix.npy, genes x spots; or spots x genes; or .csv/.tsv)")
-    parser.add_argument("--reference-positions", nargs="+", default=[], metavar="FILE",
+    parser.add_argument("--reference-positions", nargs="+", action=ListOption, default=[], metavar="FILE",
                         help="array (x, y) positions per reference section, same spot order "
                         "(.npy (n, 2) or .csv/.tsv with x, y columns)")
-    parser.add_argument("--section-names", nargs="+", default=None,
+    parser.add_argument("--section-names", nargs="+", action=ListOption, default=None,
                         help="names of the reference sections (default: file or folder names)")
-    parser.add_argument("--exclude-sections", nargs="+", default=[],
+    parser.add_argument("--exclude-sections", nargs="+", action=ListOption, default=[],
                         help="sections embedded (batching as the authors') but left out of the "
                         "bank, e.g. the held-out section of this fold")
     parser.add_argument("--expression-layout", default="auto",

@@ -11,6 +11,41 @@ from collections.abc import Iterable
 from typing import Any
 
 
+class ListOption(argparse.Action):
+    """A list option that takes `B4 C2`, `B4,C2` or `B4, C2` alike (use with nargs="+"/"*").
+
+    Items are split on commas, stripped, converted with `item_type` and checked against
+    `valid` here, after splitting (argparse's own `type`/`choices` would see "B4,C2" whole).
+    """
+
+    def __init__(self, option_strings, dest, item_type: Any = str, valid: Iterable[Any] | None = None,
+                 **kwargs: Any) -> None:
+        self.item_type = item_type
+        self.valid = None if valid is None else list(valid)
+        super().__init__(option_strings, dest, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        raw = values if isinstance(values, list) else [values]
+        items: list[Any] = []
+        for chunk in raw:
+            for text in str(chunk).split(","):
+                text = text.strip()
+                if not text:
+                    continue
+                try:
+                    item = self.item_type(text)
+                except ValueError:
+                    parser.error(f"{option_string}: {text!r} is not a valid "
+                                 f"{getattr(self.item_type, '__name__', 'value')}")
+                if self.valid is not None and item not in self.valid:
+                    parser.error(f"{option_string}: invalid choice {text!r} "
+                                 f"(choose from {', '.join(map(str, self.valid))})")
+                items.append(item)
+        if not items and self.nargs == "+":
+            parser.error(f"{option_string}: give at least one value")
+        setattr(namespace, self.dest, items)
+
+
 def add_command(
     subparsers: argparse._SubParsersAction, name: str, help: str, description: str | None = None
 ) -> argparse.ArgumentParser:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ._options import add_command, add_out_option, add_run_options, add_subcommands, option_values
+from ._options import ListOption, add_command, add_out_option, add_run_options, add_subcommands, option_values
 
 
 def _build(args: argparse.Namespace) -> int:
@@ -54,7 +54,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     build.add_argument("kind", choices=list_readers())
     build.add_argument("--data-dir", required=True, help="input folder (or .h5ad file)")
     add_out_option(build, "output dataset folder")
-    build.add_argument("--sections", nargs="+", default=None, help="sections to include")
+    build.add_argument("--sections", nargs="+", action=ListOption, default=None, help="sections to include")
     build.add_argument(
         "--genes", default=None, help="ordered gene panel (.txt one per line / .npy)"
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from ._options import (
+    ListOption,
     add_batch_size_option,
     add_command,
     add_device_option,
@@ -62,7 +63,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     where.add_argument("--tile", action="store_true",
                        help="no spot table: a regular grid over the tissue at spot pitch")
     add_out_option(p, "output .h5ad (written atomically)")
-    p.add_argument("--plot", nargs="+", metavar="GENE", help="write a PNG map for these genes")
+    p.add_argument("--plot", nargs="+", action=ListOption, metavar="GENE", help="write a PNG map for these genes")
     p.add_argument("--plot-dir", help="folder for the PNGs (default: OUT_STEM_maps/ next to --out)")
     p.add_argument("--observed", help="raw counts of the same spots (.h5ad, ST-cnts .tsv.gz, "
                                       "Space Ranger outs/): adds layers['observed'] and Pearson r")
