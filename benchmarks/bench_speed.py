@@ -50,7 +50,7 @@ OTHER_CONFIGS = {
 
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _measure import peak_rss_gib as _peak_rss_gib  # noqa: E402  (shared with bench_vs_reference)
+from _measure import peak_rss_gib as _peak_rss_gib  # shared with bench_vs_reference
 
 
 def _dataset(workdir: Path) -> Path:

@@ -54,7 +54,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
-from _measure import (  # noqa: E402
+from _measure import (
     load_average,
     mem_available_gib,
     now_iso,
@@ -354,7 +354,7 @@ def cli_has_precision() -> bool:
     import subprocess
 
     proc = subprocess.run([sys.executable, "-m", "mclstexp_hub.cli", "predict", "--help"],
-                          capture_output=True, text=True, cwd=str(ROOT))
+                          capture_output=True, text=True, cwd=str(ROOT), check=False)
     return "--precision" in proc.stdout
 
 
@@ -601,8 +601,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--child-timeout", type=float, default=1800)
     p.add_argument("--workdir", type=Path, default=None)
     p.add_argument("--quick", action="store_true",
-                   help="~3-minute smoke run: 1 repeat, tower + section prediction + a batch-16 "
-                        "training step of theirs and ours fp32")
+                   help="smoke run: 1 repeat, tower + section prediction + a batch-16 training "
+                        "step of theirs and ours fp32 (14 min on 2 shared cores at load 4-6; "
+                        "add --only tower,predict to shorten)")
     p.add_argument("--child", help=argparse.SUPPRESS)
     p.add_argument("--spec", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -649,17 +650,17 @@ def main(argv: list[str] | None = None) -> int:
         "parts": parts, "repeats": args.repeats, "heavy_repeats": args.heavy_repeats,
         "cli_has_precision": has_precision,
         "notes": [
-            "Both models randomly initialised (no pretrained weights reachable): the authors' "
-            "ImageEncoder is built with torchvision densenet121(weights=None) instead of "
-            "DenseNet121_Weights.DEFAULT (patched in the driver before importing their model.py).",
+            ("Both models randomly initialised (no pretrained weights reachable): the authors' "
+             "ImageEncoder is built with torchvision densenet121(weights=None) instead of "
+             "DenseNet121_Weights.DEFAULT (patched in the driver before importing their model.py)."),
             "Their loss calls .cuda(): Tensor.cuda is a no-op in their driver on this CPU machine.",
-            "Prediction: the same weights on both sides (their random init, seed 0, converted by "
-            "conversion/convert_mclstexp_original.py with --slice-positions); bank = the paper's "
-            "A2-G3 minus the imaged sections, embedded by each side's own spot tower "
-            "(theirs at run time, as evel_her2st.py; ours precomputed in the checkpoint).",
+            ("Prediction: the same weights on both sides (their random init, seed 0, converted by "
+             "conversion/convert_mclstexp_original.py with --slice-positions); bank = the paper's "
+             "A2-G3 minus the imaged sections, embedded by each side's own spot tower "
+             "(theirs at run time, as evel_her2st.py; ours precomputed in the checkpoint)."),
             "Spot centres: np.floor of the spot file's pixels, identical CSV for both sides.",
-            "Training: random pixels/expression/positions (speed only), one warm-up step at "
-            "batch 16, then timed steps at --train-batch; shrunk to fit MemAvailable if needed.",
+            ("Training: random pixels/expression/positions (speed only), one warm-up step at "
+             "batch 16, then timed steps at --train-batch; shrunk to fit MemAvailable if needed."),
         ],
     }
     if not has_precision:
@@ -785,9 +786,9 @@ def _agreement(theirs_npy: Path, ours_h5ad: list[Path], names: list[str]) -> dic
 def _markdown(payload: dict, table: str) -> str:
     setup = payload.get("setup", {})
     lines = [f"# Ours vs the authors' mclSTExp code — {payload['date']}", "",
-             f"Machine: {payload['machine']}; torch {payload['torch']}, {payload['torch_threads']} threads; "
-             f"load average {payload['load_average_start']} at start, {payload.get('load_average_end')} at end; "
-             f"total {payload.get('total_s', 0):.0f} s.", "",
+             (f"Machine: {payload['machine']}; torch {payload['torch']}, {payload['torch_threads']} threads; "
+              f"load average {payload['load_average_start']} at start, {payload.get('load_average_end')} at end; "
+              f"total {payload.get('total_s', 0):.0f} s."), "",
              f"Command: `{payload['command']}`", "", table, ""]
     if payload.get("prediction_agreement"):
         lines += ["Prediction agreement (same weights, same centres; max |ours - theirs| over spots x genes):", ""]
@@ -795,9 +796,9 @@ def _markdown(payload: dict, table: str) -> str:
             lines.append(f"- {key}: {json.dumps(v)}")
         lines.append("")
     if setup:
-        lines += [f"Bank: {setup.get('bank_spots')} spots of {len(setup.get('bank_sections', []))} sections; "
-                  f"grid workload {setup.get('grid_spots')} spots at {setup.get('grid_pitch_px')} px pitch on B4; "
-                  f"our checkpoint {setup.get('checkpoint_mb', 0):.0f} MB.", ""]
+        lines += [(f"Bank: {setup.get('bank_spots')} spots of {len(setup.get('bank_sections', []))} sections; "
+                   f"grid workload {setup.get('grid_spots')} spots at {setup.get('grid_pitch_px')} px pitch on B4; "
+                   f"our checkpoint {setup.get('checkpoint_mb', 0):.0f} MB."), ""]
     lines += ["Notes:", ""] + [f"- {n}" for n in payload["notes"]]
     return "\n".join(lines) + "\n"
 

@@ -31,7 +31,7 @@ PACKAGE_DIR = Path(__file__).resolve().parents[1] / "mclstexp_hub" / "models" / 
 BASE_FILES = {"config.json", "model.safetensors", "spot_bank.safetensors",
               "configuration_mclstexp.py", "modeling_mclstexp.py", "spot_bank_mclstexp.py"}
 DERIVED = {"preprocessor_config.json", "pipeline_mclstexp.py", "image_processing_mclstexp.py",
-           "pixels_mclstexp.py", "slide_io_mclstexp.py"}
+           "pixels_mclstexp.py", "slide_io_mclstexp.py", "precision_mclstexp.py"}
 
 
 # ================================================================ client (subprocess side)

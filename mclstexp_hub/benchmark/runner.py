@@ -242,8 +242,13 @@ def run_benchmark(opts: BenchmarkOptions) -> dict[str, Any]:
     from mclstexp_hub.training.trainer import build_training_config
 
     started = time.perf_counter()
-    if opts.dataset not in DATASET_KINDS:
-        raise ValueError(f"benchmark dataset must be one of {DATASET_KINDS}; got {opts.dataset!r}.")
+    # From raw data only the presets of one raw folder; an already built --dataset-dir (the
+    # zoo's alex10x, a HEST build) may be of any registered preset.
+    from mclstexp_hub.presets import preset_names
+
+    known = tuple(preset_names()) if opts.dataset_dir else DATASET_KINDS
+    if opts.dataset not in known:
+        raise ValueError(f"benchmark dataset must be one of {known}; got {opts.dataset!r}.")
     if not opts.methods:
         raise ValueError(f"--methods must name at least one of {list_methods()}.")
     methods = {name: get_method(name) for name in opts.methods}  # unknown names: ValueError

@@ -9,7 +9,6 @@ from pathlib import Path
 from ._options import (
     add_batch_size_option,
     add_command,
-    add_dataset_option,
     add_overwrite_option,
     add_quiet_option,
     add_sections_option,
@@ -42,10 +41,16 @@ def _build(args: argparse.Namespace) -> int:
         out = own_bank  # rebuilding a checkpoint's own bank replaces it
     elif os.path.isdir(out):
         out = os.path.join(out, SPOT_BANK_FILENAME)
-    dataset_dir = os.path.abspath(args.dataset) if os.path.exists(args.dataset) else None
+    if (args.dataset is None) == (args.expression is None):
+        raise ValueError("pass exactly one of --dataset DIR or --expression SOURCE --kind KIND.")
+    if args.expression is not None and args.kind is None:
+        raise ValueError("--expression needs --kind (her2st, cscc, visium, h5ad, ...): the "
+                         "reader of its layout.")
+    source_arg = args.dataset if args.dataset is not None else args.expression
+    dataset_dir = os.path.abspath(source_arg) if os.path.exists(source_arg) else None
     if dataset_dir and os.path.abspath(out).startswith(dataset_dir + os.sep):
         raise OutputRefused(
-            f"--out {args.out} lies inside the input dataset {args.dataset}; write the bank "
+            f"--out {args.out} lies inside the input {source_arg}; write the bank "
             "elsewhere (e.g. CHECKPOINT/spot_bank.safetensors)."
         )
     checkpoint_files = [os.path.join(args.checkpoint, name) for name in
@@ -58,17 +63,27 @@ def _build(args: argparse.Namespace) -> int:
         check_output(out, overwrite=args.overwrite, inputs=inputs, is_ours=is_spot_bank_file,
                      what="spot bank file")
     model = MclSTExpModel.from_pretrained(args.checkpoint, load_spot_bank=False)
-    meta = load_dataset_metadata(args.dataset)
-    dataset = load_st_dataset(args.dataset, config=args.config, sections=args.sections)
-    bank = build_bank_from_dataset(
-        model,
-        dataset,
-        batch_size=args.batch_size,
-        progress=not args.quiet,
-        dataset_metadata=meta,
-        source=str(args.dataset),
-        attach=True,
-    )
+    if args.expression is not None:
+        from mclstexp_hub.training.bank import build_bank_from_expression
+
+        bank = build_bank_from_expression(
+            model, args.kind, args.expression, sections=args.sections,
+            batch_size=args.batch_size, progress=not args.quiet,
+            exclude_sections=args.exclude_sections or (),
+            exclude_patients=args.exclude_patients or (), attach=True,
+        )
+    else:
+        meta = load_dataset_metadata(args.dataset)
+        dataset = load_st_dataset(args.dataset, config=args.config, sections=args.sections)
+        bank = build_bank_from_dataset(
+            model,
+            dataset,
+            batch_size=args.batch_size,
+            progress=not args.quiet,
+            dataset_metadata=meta,
+            source=str(args.dataset),
+            attach=True,
+        )
     if model.config.retrieval_k > len(bank):
         print(
             f"warning: the bank has {len(bank)} spots, fewer than the model's retrieval_k="
@@ -117,7 +132,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         consecutive runs of --batch-size spots in dataset order (32, as the reference);
         a spot's embedding depends on its run, so the batching is recorded in the bank.""")
     build.add_argument("checkpoint", help="checkpoint folder or Hub model id")
-    add_dataset_option(build)
+    build.add_argument("--dataset", default=None, help="patch dataset folder or Hub dataset id")
+    build.add_argument(
+        "--expression", default=None, metavar="SOURCE",
+        help="raw counts + spot positions instead of a patch dataset (no images needed): the "
+        "reader's input (folder or .h5ad); preprocessed with the checkpoint's gene panel and "
+        "expression transform")
+    build.add_argument("--kind", default=None, help="reader for --expression (her2st, cscc, "
+                       "visium, h5ad, ...)")
+    build.add_argument("--exclude-sections", nargs="+", default=None, metavar="SECTION",
+                       help="with --expression: sections left out of the bank")
+    build.add_argument("--exclude-patients", nargs="+", default=None, metavar="PATIENT",
+                       help="with --expression: patients left out of the bank (e.g. the "
+                       "held-out section's patient)")
     build.add_argument("--config", default=None, help="dataset config name")
     add_sections_option(build, "reference sections (default: all)")
     add_batch_size_option(build, 32, "spots per attention sequence (32)")

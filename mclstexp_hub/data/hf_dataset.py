@@ -319,6 +319,8 @@ def build_patch_dataset(
                     a.uns["mclstexp_preprocessing"].get("zero_total_spots", [])
                 ),
                 "dropped_spots": md.get("dropped_spots"),
+                # the source's own per-sample fields (e.g. HEST: technology, organ, mpp)
+                "source_metadata": md.get("source_metadata"),
             }
         meta = {
             "format_version": FORMAT_VERSION,

@@ -9,6 +9,7 @@ it: consecutive runs of `batch_size` spots (32, as the reference's evaluation lo
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -75,6 +76,38 @@ def build_bank_from_dataset(
             f"{model_transform!r} (config.expression_transform); the bank's expression would be "
             "in other units. Rebuild the dataset with `--transform " + str(model_transform) + "`."
         )
+    return bank_from_arrays(
+        model, expression, positions, arrays["section"], arrays["patient"],
+        batch_size=batch_size, progress=progress, attach=attach,
+        built_with="mclstexp_hub.training.bank.build_bank_from_dataset",
+        source=source or meta.get("dataset_name") or meta.get("source"),
+        fallback_units=meta.get("units"), fallback_transform=transform,
+    )
+
+
+def bank_from_arrays(
+    model: Any,
+    expression: torch.Tensor,
+    positions: torch.Tensor,
+    sections: Sequence[str],
+    patients: Sequence[str],
+    *,
+    batch_size: int = DEFAULT_BANK_BATCH_SIZE,
+    progress: bool = True,
+    attach: bool = True,
+    built_with: str,
+    source: str | None = None,
+    fallback_units: str | None = None,
+    fallback_transform: str | None = None,
+    extra_metadata: dict[str, Any] | None = None,
+) -> SpotBank:
+    """The one embedding + recording step of every bank path (dataset, expression alone).
+
+    Spots are embedded in the given order, in consecutive runs of `batch_size`; sections,
+    patients, batching and units are recorded in the bank.
+    """
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"bank batch_size must be a positive integer; got {batch_size!r}.")
     n = int(expression.shape[0])
     # Super-chunks are whole multiples of batch_size, so the runs of batch_size spots (the
     # attention sequences) are exactly those of one call over all spots.
@@ -99,25 +132,26 @@ def build_bank_from_dataset(
     finally:
         if bar is not None:
             bar.close()
-    sections = arrays["section"]
+    sections = [str(s) for s in sections]
     metadata = {
         "batching": BANK_BATCHING.format(batch_size=batch_size),
         "bank_batch_size": batch_size,
         "spot_order": "dataset order",
-        "built_with": "mclstexp_hub.training.bank.build_bank_from_dataset",
+        "built_with": built_with,
         "n_spots": n,
         "sections": list(dict.fromkeys(sections)),
-        "source": source or meta.get("dataset_name") or meta.get("source"),
-        "expression_transform": model_transform or transform,
-        "expression_units": model.config.expression_units or meta.get("units"),
+        "source": source,
+        "expression_transform": model.config.expression_transform or fallback_transform,
+        "expression_units": model.config.expression_units or fallback_units,
     }
+    metadata.update(extra_metadata or {})
     bank = SpotBank(
         embeddings=torch.cat(chunks),
         expression=expression,
         gene_names=list(model.config.gene_names),
         positions=positions,
         section_ids=sections,
-        patient_ids=arrays["patient"],
+        patient_ids=[str(p) for p in patients],
         metadata=metadata,
     )
     if attach:
@@ -125,4 +159,119 @@ def build_bank_from_dataset(
     return bank
 
 
-__all__ = ["BANK_BATCHING", "build_bank_from_dataset", "check_dataset_genes"]
+def build_bank_from_sections(
+    model: Any,
+    adatas: Sequence[Any],
+    batch_size: int = DEFAULT_BANK_BATCH_SIZE,
+    progress: bool = True,
+    *,
+    source: str | None = None,
+    attach: bool = True,
+    built_with: str = "mclstexp_hub.training.bank.build_bank_from_sections",
+) -> SpotBank:
+    """A bank from preprocessed sections (`preprocess_sections` output): no images needed.
+
+    X must be the model's panel in the model's transform (checked through
+    `uns["mclstexp_preprocessing"]` where present); positions are obs array_x/array_y. Spots
+    keep the sections' order and each section's spot order, as a patch dataset built from the
+    same sections stores them, so the bank equals the one `build_bank_from_dataset` makes.
+    """
+    import numpy as np
+
+    if not adatas:
+        raise ValueError("build_bank_from_sections: no sections given.")
+    expressions, positions, sections, patients = [], [], [], []
+    model_transform = model.config.expression_transform
+    for a in adatas:
+        name = str(a.obs["section"].iloc[0]) if "section" in a.obs and a.n_obs else "?"
+        check_dataset_genes(model, [str(g) for g in a.var_names], int(a.n_vars))
+        transform = (a.uns.get("mclstexp_preprocessing") or {}).get("transform")
+        if transform and model_transform and transform != model_transform:
+            raise ValueError(
+                f"section {name}: expression transform {transform!r} differs from the model's "
+                f"{model_transform!r} (config.expression_transform); preprocess with "
+                f"transform={model_transform!r}."
+            )
+        missing = [c for c in ("array_x", "array_y", "section", "patient") if c not in a.obs]
+        if missing:
+            raise ValueError(f"section {name}: obs lacks {missing}; read it with a reader.")
+        X = a.X.toarray() if hasattr(a.X, "toarray") else a.X
+        expressions.append(np.asarray(X, dtype=np.float32))
+        positions.append(a.obs[["array_x", "array_y"]].to_numpy(dtype=np.int64))
+        sections += a.obs["section"].astype(str).tolist()
+        patients += a.obs["patient"].astype(str).tolist()
+    expression = torch.from_numpy(np.ascontiguousarray(np.concatenate(expressions)))
+    if not torch.isfinite(expression).all():
+        raise ValueError("The sections' expression contains NaN or inf values.")
+    units = (adatas[0].uns.get("mclstexp_preprocessing") or {}).get("units")
+    return bank_from_arrays(
+        model, expression, torch.from_numpy(np.concatenate(positions)), sections, patients,
+        batch_size=batch_size, progress=progress, attach=attach, built_with=built_with,
+        source=source, fallback_units=units,
+    )
+
+
+def build_bank_from_expression(
+    model: Any,
+    kind: str,
+    data_dir: str | Path,
+    sections: Sequence[str] | None = None,
+    batch_size: int = DEFAULT_BANK_BATCH_SIZE,
+    progress: bool = True,
+    *,
+    exclude_sections: Sequence[str] = (),
+    exclude_patients: Sequence[str] = (),
+    fill_missing: bool = False,
+    attach: bool = True,
+) -> SpotBank:
+    """A bank from raw counts + spot positions alone (no images): reader → model's panel.
+
+    `kind` is a reader (`reader_factory`); sections default to every section the reader lists,
+    with or without an image. Expression is preprocessed with `config.gene_names` and
+    `config.expression_transform`, then embedded as `build_bank_from_sections`.
+    """
+    from ..data.preprocess import preprocess_sections
+    from ..data.readers import reader_factory
+
+    transform = model.config.expression_transform
+    if not transform:
+        raise ValueError(
+            "The checkpoint records no expression_transform, so expression from counts cannot "
+            "be put in its units; build the bank from a patch dataset (--dataset) instead."
+        )
+    reader = reader_factory(kind)
+    names = list(sections) if sections else reader.list_sections(data_dir)
+    if exclude_sections:
+        names = [s for s in names if s not in set(exclude_sections)]
+    adatas = reader.read(data_dir, names)
+    if exclude_patients:
+        drop = set(map(str, exclude_patients))
+        adatas = [a for a in adatas if str(a.obs["patient"].iloc[0]) not in drop]
+    if not adatas:
+        raise ValueError(f"{data_dir}: no {kind} section left for the bank.")
+    dropped = {}
+    for a in adatas:
+        info = next(iter(a.uns["spatial"].values()))["metadata"].get("dropped_spots") or {}
+        if info.get("spots_without_counts") or info.get("counts_without_spot"):
+            dropped[str(a.obs["section"].iloc[0])] = info
+    processed = preprocess_sections(adatas, list(model.config.gene_names), transform,
+                                    fill_missing, gene_panel_source="the checkpoint's gene_names")
+    bank = build_bank_from_sections(
+        model, processed, batch_size, progress, source=f"{kind}:{data_dir}", attach=attach,
+        built_with="mclstexp_hub.training.bank.build_bank_from_expression",
+    )
+    bank.metadata["from_expression_only"] = True
+    bank.metadata["reader"] = kind
+    if dropped:
+        bank.metadata["dropped_spots"] = dropped
+    return bank
+
+
+__all__ = [
+    "BANK_BATCHING",
+    "bank_from_arrays",
+    "build_bank_from_dataset",
+    "build_bank_from_expression",
+    "build_bank_from_sections",
+    "check_dataset_genes",
+]

@@ -652,9 +652,15 @@ def train_model(
             timings=timings,
         )
     except BaseException:
-        # failed or interrupted (SIGINT/SIGTERM): no half-trained folder blocks a rerun
+        # Failed or interrupted (SIGINT/SIGTERM): remove this run's folder so nothing blocks a
+        # rerun — unless the Trainer already saved a resumable checkpoint-* (kept for --resume).
         if own:
-            _remove_own_out_dir(out_dir, existed_empty)
+            saved = sorted(Path(out_dir, CHECKPOINTS_DIR).glob("checkpoint-*"))
+            if saved:
+                print(f"kept the resumable training state {saved[-1]}; rerun with --resume to "
+                      f"continue, or remove {out_dir} to start over.", file=sys.stderr)
+            else:
+                _remove_own_out_dir(out_dir, existed_empty)
         raise
 
 

@@ -16,6 +16,7 @@ import numpy as np
 from mclstexp_hub.prediction.io import save_figure_atomic
 
 OBSERVED_LAYER = "observed"
+UNCERTAINTY_LAYER = "uncertainty"
 
 
 def _pyplot():
@@ -82,27 +83,42 @@ def _gene_column(adata, gene: str, layer: str | None = None) -> np.ndarray:
 
 def plot_gene_map(adata, gene: str, path: str | Path, units: str | None = None) -> Path:
     """One PNG: the predicted expression of `gene` over the H&E thumbnail; with
-    `layers["observed"]`, predicted and observed side by side with Pearson r in the title."""
+    `layers["observed"]`, predicted and observed side by side with Pearson r in the title;
+    with `layers["uncertainty"]` (the retrieved neighbours' weighted spread of this gene), a
+    panel of it next to the prediction, on its own colour scale."""
     plt = _pyplot()
     image, xy, diameter = spatial_frame(adata)
     predicted = _gene_column(adata, gene)
     units = units or str(adata.uns.get("mclstexp", {}).get("units", ""))
-    if OBSERVED_LAYER in adata.layers:
+    spread = (_gene_column(adata, gene, UNCERTAINTY_LAYER)
+              if UNCERTAINTY_LAYER in adata.layers else None)
+    has_observed = OBSERVED_LAYER in adata.layers
+    n_panels = 1 + int(has_observed) + int(spread is not None)
+    if n_panels == 1:
+        fig, ax = plt.subplots(figsize=(6, 5.6), layout="constrained")
+        axes = [ax]
+    else:
+        fig, axes = plt.subplots(1, n_panels, figsize=(5 * n_panels, 5.0), layout="constrained")
+        axes = list(axes)
+    if has_observed:
         observed = _gene_column(adata, gene, OBSERVED_LAYER)
         both = np.concatenate([predicted, observed[np.isfinite(observed)]])
         vmin, vmax = float(np.min(both)), float(np.max(both))
         r = gene_pearson(predicted, observed)
-        fig, axes = plt.subplots(1, 2, figsize=(10, 5.0), layout="constrained")
         _draw(axes[0], image, xy, diameter, predicted, "viridis", vmin, vmax, "predicted")
         mappable = _draw(axes[1], image, xy, diameter, observed, "viridis", vmin, vmax, "observed")
         fig.suptitle(f"{gene} — Pearson r = {r:.3f} (n = {int(np.isfinite(observed).sum())} spots)")
-        fig.colorbar(mappable, ax=axes, shrink=0.7, label=units)
+        fig.colorbar(mappable, ax=axes[:2], shrink=0.7, label=units)
     else:
-        fig, ax = plt.subplots(figsize=(6, 5.6), layout="constrained")
         vmin, vmax = float(predicted.min()), float(predicted.max())
-        mappable = _draw(ax, image, xy, diameter, predicted, "viridis", vmin, vmax,
+        mappable = _draw(axes[0], image, xy, diameter, predicted, "viridis", vmin, vmax,
                          f"{gene} — predicted")
-        fig.colorbar(mappable, ax=ax, shrink=0.7, label=units)
+        fig.colorbar(mappable, ax=axes[0], shrink=0.7, label=units)
+    if spread is not None:
+        high = float(np.nanmax(spread)) if spread.size else 0.0
+        mappable = _draw(axes[-1], image, xy, diameter, spread, "magma", 0.0, high or 1.0,
+                         "neighbour spread (weighted std)")
+        fig.colorbar(mappable, ax=axes[-1], shrink=0.7, label=units)
     try:
         return save_figure_atomic(fig, path)
     finally:

@@ -1,7 +1,8 @@
 """Readers: raw files of one layout → one validated AnnData per tissue section.
 
 One ``SectionReader`` subclass per platform (``Her2stReader``, ``CsccReader``,
-``VisiumReader``, ``H5adReader``), looked up by kind with ``reader_factory(kind, **options)``;
+``VisiumReader``, ``H5adReader``, ``HestReader``), looked up by kind with
+``reader_factory(kind, **options)``;
 ``list_readers()`` names the kinds. The ``read_*`` functions are thin entry points over them.
 
 The modules import anndata/pandas only when a section is read, so listing the readers (the
@@ -22,6 +23,7 @@ from .her2st import Her2stReader, list_her2st_sections, read_her2st, read_her2st
 from .cscc import CsccReader, list_cscc_sections, read_cscc, read_cscc_section
 from .visium import VisiumReader, read_10x_h5, read_10x_mtx, read_tissue_positions, read_visium
 from .h5ad import H5adReader, read_h5ad
+from .hest import HestReader, read_hest
 
 # isort: on
 
@@ -40,6 +42,7 @@ __all__ = [
     "OBS_COLUMNS",
     "CsccReader",
     "H5adReader",
+    "HestReader",
     "Her2stReader",
     "SectionReader",
     "VisiumReader",
@@ -51,6 +54,7 @@ __all__ = [
     "read_cscc",
     "read_cscc_section",
     "read_h5ad",
+    "read_hest",
     "read_her2st",
     "read_her2st_section",
     "read_tissue_positions",

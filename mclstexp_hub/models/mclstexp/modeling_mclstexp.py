@@ -69,6 +69,10 @@ class MclSTExpPrediction(ModelOutput):
     neighbour_indices: torch.LongTensor | None = None  # (N, k) rows of the spot bank
     neighbour_weights: torch.FloatTensor | None = None  # (N, k)
     image_embeds: torch.FloatTensor | None = None  # (N, projection_dim)
+    # Weighted standard deviation of the k neighbours' expression (retrieval weights), per
+    # gene (N, n_genes), and its mean over genes per spot (N,): how much the neighbours agree.
+    uncertainty: torch.FloatTensor | None = None
+    spot_uncertainty: torch.FloatTensor | None = None
 
 
 class MclSTExpProjectionHead(nn.Module):
@@ -507,14 +511,17 @@ class MclSTExpModel(MclSTExpPreTrainedModel):
         weighting = weighting or self.config.retrieval_weighting
         if searcher is None:
             searcher = self.spot_searcher
-        expression, indices, weights = self.spot_bank.retrieve(
-            queries, k, distance, weighting, chunk_size=chunk_size, searcher=searcher
+        expression, indices, weights, spread = self.spot_bank.retrieve(
+            queries, k, distance, weighting, chunk_size=chunk_size, searcher=searcher,
+            return_uncertainty=True,
         )
         return MclSTExpPrediction(
             expression=expression,
             neighbour_indices=indices,
             neighbour_weights=weights,
             image_embeds=queries,
+            uncertainty=spread,
+            spot_uncertainty=spread.mean(dim=1) if spread.shape[1] else spread.sum(dim=1),
         )
 
     # ------------------------------------------------------------ persistence

@@ -140,8 +140,13 @@ def build_prediction_anndata(
     library_id: str,
     provenance: dict[str, Any],
     image_metadata: dict[str, Any] | None = None,
+    uncertainty: np.ndarray | None = None,
 ):
-    """Predicted expression as AnnData that `scanpy.pl.spatial` draws unchanged."""
+    """Predicted expression as AnnData that `scanpy.pl.spatial` draws unchanged.
+
+    `uncertainty` (n_spots, n_genes), the neighbours' weighted spread, goes to
+    `layers["uncertainty"]` and its mean over genes to `obs["uncertainty"]`.
+    """
     import anndata as ad
     import pandas as pd
 
@@ -155,6 +160,12 @@ def build_prediction_anndata(
         obs=obs,
         var=pd.DataFrame(index=pd.Index([str(g) for g in gene_names])),
     )
+    if uncertainty is not None:
+        spread = np.ascontiguousarray(uncertainty, dtype=np.float32)
+        if spread.shape != adata.shape:
+            raise ValueError(f"uncertainty has shape {spread.shape}; expected {adata.shape}.")
+        adata.layers["uncertainty"] = spread
+        adata.obs["uncertainty"] = spread.mean(axis=1) if spread.shape[1] else 0.0
     adata.obsm["spatial"] = obs[["pixel_x", "pixel_y"]].to_numpy(dtype=np.float64)
     adata.uns["spatial"] = {
         library_id: {
@@ -339,6 +350,7 @@ class MclSTExpPipeline(Pipeline):
             "neighbour_indices": pred.neighbour_indices,
             "neighbour_weights": pred.neighbour_weights,
             "image_embeds": pred.image_embeds,
+            "uncertainty": pred.uncertainty,
         }
 
     def postprocess(self, model_outputs: dict[str, Any], top_n: int | None = None,
@@ -412,6 +424,7 @@ class MclSTExpPipeline(Pipeline):
         size = int(config.patch_size)
         xy = table[["pixel_x", "pixel_y"]].to_numpy(dtype=np.float64)
         out = np.empty((len(table), config.n_genes), dtype=np.float32)
+        spread = np.empty_like(out)
         bar = None
         if progress:
             from tqdm.auto import tqdm
@@ -445,6 +458,7 @@ class MclSTExpPipeline(Pipeline):
                         image_embeds=embeds, k=k, distance=distance, weighting=weighting
                     )
                     out[start : start + n] = pred.expression.float().numpy()
+                    spread[start : start + n] = pred.uncertainty.float().numpy()
                     if bar is not None:
                         bar.update(n)
         finally:
@@ -501,6 +515,7 @@ class MclSTExpPipeline(Pipeline):
             record,
             image_metadata={"source_image": str(reader.path or ""), "width": reader.width,
                             "height": reader.height},
+            uncertainty=spread,
         )
 
 

@@ -204,8 +204,14 @@ class SpotBank:
         chunk_size: int = 65536,
         searcher: Any = None,
         indices: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return_uncertainty: bool = False,
+    ) -> tuple[torch.Tensor, ...]:
         """The one retrieval loop: (expression (Q, G), neighbour indices (Q, k), weights (Q, k)).
+
+        With `return_uncertainty` a 4th value follows: the weighted standard deviation (Q, G)
+        of the k neighbours' expression around the prediction, with the retrieval weights
+        (sqrt(sum_k w_k (x_kg - pred_g)^2)); zero when all neighbours agree. It is computed in
+        the same query blocks, from the same gathered neighbour expression.
 
         Neighbours come from exact chunked cosine search, from `searcher` (any object with
         `search(queries, k) -> (similarities, indices)`, e.g. a FAISS index built from this bank)
@@ -230,17 +236,26 @@ class SpotBank:
             else:
                 _, indices = self.search(queries, k, chunk_size=chunk_size)
         indices = torch.as_tensor(indices, dtype=torch.int64)
-        weight_blocks, expression_blocks = [], []
+        weight_blocks, expression_blocks, spread_blocks = [], [], []
         for start in range(0, queries.shape[0], QUERY_BLOCK):
             q = queries[start : start + QUERY_BLOCK]
             idx = indices[start : start + QUERY_BLOCK]
             w = retrieval_weights(q, self.embeddings[idx], distance, weighting)
             weight_blocks.append(w)
-            expression_blocks.append(torch.einsum("qk,qkg->qg", w, self.expression[idx]))
+            neighbours = self.expression[idx]  # (q, k, G)
+            mean = torch.einsum("qk,qkg->qg", w, neighbours)
+            expression_blocks.append(mean)
+            if return_uncertainty:
+                neighbours = neighbours - mean[:, None, :]  # new tensor; the bank is untouched
+                neighbours.square_()
+                var = torch.einsum("qk,qkg->qg", w, neighbours).clamp_min_(0.0)
+                spread_blocks.append(var.sqrt_())
         if not weight_blocks:
             empty = torch.empty(0, indices.shape[1] if indices.ndim == 2 else k)
-            return torch.empty(0, self.n_genes), indices.reshape(0, empty.shape[1]), empty
-        return torch.cat(expression_blocks), indices, torch.cat(weight_blocks)
+            out = (torch.empty(0, self.n_genes), indices.reshape(0, empty.shape[1]), empty)
+            return (*out, torch.empty(0, self.n_genes)) if return_uncertainty else out
+        out = (torch.cat(expression_blocks), indices, torch.cat(weight_blocks))
+        return (*out, torch.cat(spread_blocks)) if return_uncertainty else out
 
     def predict(
         self,
