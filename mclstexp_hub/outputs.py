@@ -87,6 +87,29 @@ def is_prediction_h5ad(path: Path) -> bool:
         return False
 
 
+ZARR_FORMAT_MARKER = "mclstexp-prediction"
+"""``attrs["mclstexp"]["format"]`` of the SpatialData stores `predict --out *.zarr` writes."""
+
+
+def is_prediction_zarr(path: Path) -> bool:
+    """A SpatialData .zarr store written by `mclstexp predict` (root attrs carry our marker).
+
+    Reads the root group's attributes as JSON (zarr v3 ``zarr.json`` or v2 ``.zattrs``), so no
+    zarr/spatialdata import is needed.
+    """
+    for name, key in (("zarr.json", "attributes"), (".zattrs", None)):
+        meta = path / name
+        if not meta.is_file():
+            continue
+        try:
+            attrs = json.loads(meta.read_text(encoding="utf-8"))
+            attrs = attrs.get(key, {}) if key else attrs
+            return attrs.get("mclstexp", {}).get("format") == ZARR_FORMAT_MARKER
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError):
+            return False
+    return False
+
+
 def is_spot_bank_file(path: Path) -> bool:
     """A spot_bank.safetensors written by this package (format=mclstexp-spot-bank header)."""
     try:
@@ -136,11 +159,13 @@ def check_output(
 
 __all__ = [
     "OutputRefused",
+    "ZARR_FORMAT_MARKER",
     "check_not_an_input",
     "check_output",
     "is_benchmark_folder",
     "is_checkpoint_folder",
     "is_dataset_folder",
     "is_prediction_h5ad",
+    "is_prediction_zarr",
     "is_spot_bank_file",
 ]

@@ -29,6 +29,8 @@ _COMMAND_MODULES: dict[str, str] = {
     "card": "card_cmd",
     "convert": "convert_cmd",
     "demo": "demo_cmd",
+    "app": "app_cmd",
+    "zoo": "zoo_cmd",
 }
 
 

@@ -1,10 +1,11 @@
-"""`mclstexp predict`: a trained checkpoint + an H&E slide → pred.h5ad (+ gene-map PNGs)."""
+"""`mclstexp predict`: a checkpoint + an H&E slide → pred.h5ad or pred.zarr (+ gene-map PNGs)."""
 
 from __future__ import annotations
 
 import argparse
 
 from ._options import (
+    add_precision_option,
     ListOption,
     add_batch_size_option,
     add_command,
@@ -54,7 +55,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         prediction in the checkpoint's units, obsm['spatial'] in full-resolution pixels,
         uns['spatial'][library] with a thumbnail and scale factors, uns['mclstexp'] = units
         and provenance. Spots come from --spots CSV (pixel_x, pixel_y[, spot_id]),
-        --visium OUTS_DIR (Space Ranger) or --tile (grid over the tissue).""")
+        --visium OUTS_DIR (Space Ranger) or --tile (grid over the tissue). An --out ending in
+        .zarr writes a SpatialData store instead (thumbnail image, spot circles, prediction
+        table; needs the spatialdata extra).""")
     add_model_option(p)
     p.add_argument("--image", required=True, help="full-resolution H&E image (JPEG/PNG/TIFF/SVS)")
     where = p.add_mutually_exclusive_group(required=True)
@@ -62,7 +65,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     where.add_argument("--visium", help="Space Ranger outs/ folder (positions + scale factors)")
     where.add_argument("--tile", action="store_true",
                        help="no spot table: a regular grid over the tissue at spot pitch")
-    add_out_option(p, "output .h5ad (written atomically)")
+    add_out_option(p, "output .h5ad (AnnData), or .zarr (SpatialData store: image, spot "
+                      "circles, table; pip install 'mclstexp-hub[spatialdata]'); written "
+                      "atomically")
     p.add_argument("--plot", nargs="+", action=ListOption, metavar="GENE", help="write a PNG map for these genes")
     p.add_argument("--plot-dir", help="folder for the PNGs (default: OUT_STEM_maps/ next to --out)")
     p.add_argument("--observed", help="raw counts of the same spots (.h5ad, ST-cnts .tsv.gz, "
@@ -76,9 +81,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="--tile grid pitch in full-res pixels (default: the model's patch size)")
     p.add_argument("--min-tissue-fraction", type=float, default=0.5,
                    help="--tile: keep grid points with at least this tissue under the patch")
-    p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
-                   help="image-tower arithmetic: auto = bf16 autocast + channels-last on CPUs with "
-                        "native bf16 (AVX512-BF16/AMX) or CUDA, else fp32 (recorded in "
-                        "uns['mclstexp'])")
+    add_precision_option(p)
     add_run_options(p, quiet="no progress bar")
     p.set_defaults(func=_predict)

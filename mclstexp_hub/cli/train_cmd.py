@@ -6,6 +6,7 @@ import argparse
 import os
 
 from ._options import (
+    add_precision_option,
     add_batch_size_option,
     add_command,
     add_dataset_option,
@@ -72,7 +73,7 @@ def _train(args: argparse.Namespace) -> int:
         weight_decay=args.weight_decay,
         freeze_image_encoder=args.freeze_image_encoder,
         n_feature_views=args.feature_views,
-        bf16=args.bf16,
+        bf16=_bf16_from(args),
         grad_checkpointing=args.grad_checkpointing,
         seed=args.seed,
     )
@@ -100,6 +101,20 @@ def _train(args: argparse.Namespace) -> int:
         f"profile {args.profile}); wrote {result.checkpoint_dir}"
     )
     return 0
+
+
+def _bf16_from(args: argparse.Namespace) -> bool:
+    """`--precision` (default auto) or the older `--bf16/--no-bf16` → the profile's bf16 flag."""
+    from mclstexp_hub.models.mclstexp.precision_mclstexp import resolve_precision
+    from mclstexp_hub.prediction.predict import resolve_device
+
+    if args.bf16 is not None and args.precision is not None:
+        if args.bf16 != (args.precision == "bf16"):
+            raise ValueError(f"--bf16/--no-bf16 contradicts --precision {args.precision}; give one.")
+    if args.bf16 is not None:
+        return bool(args.bf16)
+    device = resolve_device(getattr(args, "device", None))
+    return resolve_precision(args.precision or "auto", device) == "bf16"
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -145,7 +160,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=None,
         help="augmented views cached per spot in frozen mode (0: run the encoder every step)",
     )
-    p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None, help="bf16 autocast")
+    add_precision_option(p, default=None)  # None: auto unless --bf16/--no-bf16 is given
+    p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
+                   help="same as --precision bf16 / fp32 (kept for old scripts)")
     p.add_argument(
         "--grad-checkpointing", action=argparse.BooleanOptionalAction, default=None,
         help="recompute activations in the backward pass (less memory, more time)",

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import shlex
-import sys
 
 from mclstexp_hub.presets import preset_names
 
@@ -38,8 +37,10 @@ def _build(args: argparse.Namespace) -> int:
         methods=args.methods, bank_batch_size=args.bank_batch_size, index=args.index,
         card_license=args.license, push=args.push, revision=args.revision,
         private=args.private, token=args.token, rerun=args.rerun, progress=not args.quiet,
-        command="mclstexp zoo build " + shlex.join(sys.argv[3:] if args.argv is None
-                                                   else args.argv),
+        command=shlex.join(["mclstexp", "zoo", "build", args.preset, "--data-dir",
+                            args.data_dir, "--out", args.out]
+                           + (["--kind", args.kind] if args.kind else [])
+                           + ["--profile", args.profile]) + " (benchmark step)",
     )
     build_zoo_model(opts, say=lambda line: print(line, flush=True))
     return 0
@@ -100,4 +101,4 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--rerun", choices=STEPS, default=None,
                    help="run this step and every later one even when current")
     p.add_argument("--quiet", action="store_true", help="no progress bars (step lines stay)")
-    p.set_defaults(func=_build, argv=None)
+    p.set_defaults(func=_build)

@@ -31,12 +31,19 @@ def predict_patches(
     weighting: str | None = None,
     batch_size: int = 64,
     progress: bool = True,
+    precision: str = "auto",
 ) -> np.ndarray:
-    """Expression (N, G) for uint8 (N, 3, H, W) patches: image tower → projection → retrieval."""
+    """Expression (N, G) for uint8 (N, 3, H, W) patches: image tower → projection → retrieval.
+
+    `precision` as `mclstexp predict --precision`: auto = bf16 autocast + channels-last on
+    native-bf16 hardware, else fp32; the retrieval itself always runs in fp32.
+    """
+    from mclstexp_hub.models.mclstexp.precision_mclstexp import resolve_precision
     from mclstexp_hub.training.features import compute_image_features
 
+    bf16 = resolve_precision(precision, model.device) == "bf16"
     features = compute_image_features(model, patches, 1, batch_size=batch_size,
-                                      progress=progress)[0]
+                                      progress=progress, bf16=bf16)[0]
     with torch.no_grad():
         embeds = model.get_image_features(image_features=features).pooler_output
         out = model.predict_expression(image_embeds=embeds.float(), k=k, distance=distance,
@@ -58,6 +65,7 @@ def evaluate_checkpoint(
     n_map_genes: int = 4,
     progress: bool = True,
     overwrite: bool = False,
+    precision: str = "auto",
 ) -> tuple[list[SectionMetrics], dict[str, Path]]:
     """Predict and score `sections` of `dataset` with the checkpoint at `model_path`.
 
@@ -113,7 +121,7 @@ def evaluate_checkpoint(
     ds = load_st_dataset(dataset, sections=sections)
     spots = SpotPatchDataset(ds, progress=progress)
     spot_sections = np.asarray(spots.sections)
-    predicted = predict_patches(model, spots.patches, k=k, distance=distance,
+    predicted = predict_patches(model, spots.patches, k=k, distance=distance, precision=precision,
                                 weighting=weighting, batch_size=batch_size, progress=progress)
     observed = spots.expression.numpy()
     positions = spots.positions.numpy()

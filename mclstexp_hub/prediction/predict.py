@@ -191,11 +191,23 @@ def predict_to_h5ad(
     pipe: MclSTExpPipeline | None = None,
     precision: str = "auto",
 ) -> PredictionResult:
-    """Predict every spot of `image` and write `out` (.h5ad) atomically; draw `plot_genes`."""
+    """Predict every spot of `image` and write `out` atomically; draw `plot_genes`.
+
+    `out` ending in `.zarr` is written as a SpatialData store (`spatialdata_io`), else .h5ad.
+    """
     from mclstexp_hub.models.mclstexp.slide_io_mclstexp import open_slide
 
     inputs = [image, spots_csv, visium, observed, model if Path(str(model)).exists() else None]
-    out = check_output_path(out, overwrite, inputs=inputs)  # fail before any slow work
+    zarr_out = Path(str(out)).suffix == ".zarr"
+    if zarr_out:  # SpatialData store: checked (and spatialdata looked up) before slow work
+        from .spatialdata_io import check_zarr_output, require_spatialdata
+
+        out = check_zarr_output(out, overwrite, inputs=inputs)
+        require_spatialdata()
+    else:
+        if Path(str(out)).suffix != ".h5ad":
+            raise ValueError(f"output {out} must end in .h5ad (AnnData) or .zarr (SpatialData).")
+        out = check_output_path(out, overwrite, inputs=inputs)  # fail before any slow work
     maps_dir = None
     if plot_genes:
         maps_dir = Path(plot_dir) if plot_dir else out.parent / f"{out.stem}_maps"
@@ -245,13 +257,21 @@ def predict_to_h5ad(
             maps_dir.parent.mkdir(parents=True, exist_ok=True)
             staged = Path(tempfile.mkdtemp(prefix=f".{maps_dir.name}.partial-", dir=maps_dir.parent))
             save_gene_maps(adata, list(plot_genes), staged)
-        path = write_h5ad_atomic(adata, out, overwrite=overwrite, inputs=inputs)
+        if zarr_out:
+            from .spatialdata_io import write_spatialdata_atomic
+
+            path = write_spatialdata_atomic(adata, out, overwrite=overwrite, inputs=inputs)
+        else:
+            path = write_h5ad_atomic(adata, out, overwrite=overwrite, inputs=inputs)
         plots: list[Path] = []
         if staged is not None and maps_dir is not None:
             try:
                 _replace_folder(staged, maps_dir)
             except BaseException:
-                path.unlink(missing_ok=True)
+                if path.is_dir():  # a .zarr store
+                    shutil.rmtree(path, ignore_errors=True)
+                else:
+                    path.unlink(missing_ok=True)
                 raise
             staged = None
             plots = sorted(maps_dir.glob("*.png"))

@@ -210,7 +210,7 @@ class SpotBank:
 
         With `return_uncertainty` a 4th value follows: the weighted standard deviation (Q, G)
         of the k neighbours' expression around the prediction, with the retrieval weights
-        (sqrt(sum_k w_k (x_kg - pred_g)^2)); zero when all neighbours agree. It is computed in
+        (sqrt(sum_k w_k (x_kg - pred_g)^2)); exactly zero when all neighbours agree. It is computed in
         the same query blocks, from the same gathered neighbour expression.
 
         Neighbours come from exact chunked cosine search, from `searcher` (any object with
@@ -246,10 +246,12 @@ class SpotBank:
             mean = torch.einsum("qk,qkg->qg", w, neighbours)
             expression_blocks.append(mean)
             if return_uncertainty:
-                neighbours = neighbours - mean[:, None, :]  # new tensor; the bank is untouched
-                neighbours.square_()
-                var = torch.einsum("qk,qkg->qg", w, neighbours).clamp_min_(0.0)
-                spread_blocks.append(var.sqrt_())
+                # Shifted by the first neighbour (exactly 0 when all neighbours agree, which a
+                # weighted mean with float weights summing to 1 ± eps is not).
+                shifted = neighbours - neighbours[:, :1, :]  # new tensor; the bank is untouched
+                m1 = torch.einsum("qk,qkg->qg", w, shifted)
+                m2 = torch.einsum("qk,qkg->qg", w, shifted.square_())
+                spread_blocks.append((m2 - m1.square()).clamp_min_(0.0).sqrt_())
         if not weight_blocks:
             empty = torch.empty(0, indices.shape[1] if indices.ndim == 2 else k)
             out = (torch.empty(0, self.n_genes), indices.reshape(0, empty.shape[1]), empty)
