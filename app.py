@@ -9,7 +9,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # a checkout works without install
 
-from mclstexp_hub.app.ui import build_app, launch_kwargs  # noqa: E402
+from mclstexp_hub.app.ui import build_app, launch_kwargs
 
 demo = build_app()
 

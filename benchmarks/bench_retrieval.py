@@ -210,7 +210,7 @@ def worker(cfg: dict) -> list[dict]:
     # blocks). Its cost does not depend on how the neighbours were found: measured for exact
     # and auto, with the peak counter reset so `weighting_added_mib` is this step's alone.
     idx = next((r[2] for r in runs if r[2] is not None), None)
-    if idx is not None and cfg["method"] == "auto":
+    if idx is not None and cfg["method"] == "auto" and cfg.get("weighting", True):
         del runs
         rss_w = _status_mib("VmRSS")
         _reset_peak()
@@ -261,6 +261,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--noise-frac", type=float, default=0.5,
                     help="clustered: noise norm as a fraction of the median NN distance")
     ap.add_argument("--target-recall", type=float, default=0.95)
+    ap.add_argument("--skip", nargs="*", default=[], metavar="METHOD:DATA:N",
+                    help="skip these measurements (e.g. exact:synthetic:1000000); recall is "
+                    "then measured against flat, which is exact too")
+    ap.add_argument("--weighting-sizes", type=float, nargs="*", default=None,
+                    help="time retrieve()'s weighting/gather in the auto rows only at these "
+                    "bank sizes (default: all)")
     ap.add_argument("--out-dir", default=None,
                     help="write results.json and results.md (the printed table) here")
     ap.add_argument("--hnsw-max", type=float, default=1e5,
@@ -310,7 +316,11 @@ def main(argv: list[str] | None = None) -> int:
         for size in args.sizes:
             n = int(size)
             exact_idx = None
+            ref_flat = False
             for method in args.methods:
+                if f"{method}:{data}:{n}" in args.skip:
+                    out(f"{n:>9} {method:>6}  skipped (--skip)")
+                    continue
                 if method == "hnsw" and n > args.hnsw_max:
                     out(f"{n:>9} {method:>6}  skipped (bank > --hnsw-max {int(args.hnsw_max)})")
                     continue
@@ -320,16 +330,23 @@ def main(argv: list[str] | None = None) -> int:
                        "ivf_nprobe": args.ivf_nprobe, "hnsw_ef": args.hnsw_ef,
                        "data": data, "real": real, "noise_frac": args.noise_frac,
                        "target_recall": args.target_recall,
+                       "weighting": args.weighting_sizes is None
+                       or n in {int(x) for x in args.weighting_sizes},
                        "indices_out": os.path.join(tmp, f"{data}_{method}_{n}")}
                 for row in run_in_subprocess(cfg):
                     path = row.pop("indices_path", None)
                     found = np.load(path) if path else None
-                    if method == "exact":
-                        exact_idx = found
+                    is_reference = method == "exact" or (method == "flat" and exact_idx is None)
+                    if is_reference:
+                        exact_idx = found  # flat is exact too (used when exact is skipped)
                     row["recall_at_k"] = (
                         recall_at_k(exact_idx, found)
-                        if found is not None and exact_idx is not None else None
+                        if found is not None and exact_idx is not None
+                        and not (is_reference and method == "flat") else None
                     )
+                    row["recall_reference"] = "flat" if ref_flat or (
+                        is_reference and method == "flat") else "exact"
+                    ref_flat = ref_flat or (is_reference and method == "flat")
                     rows.append(row)
                     recall = "-" if row["recall_at_k"] is None else f"{row['recall_at_k']:.4f}"
                     qps = row["queries"] / row["search_s"] if row["search_s"] == row["search_s"] else float("nan")

@@ -158,8 +158,8 @@ def check_output(
 
 
 __all__ = [
-    "OutputRefused",
     "ZARR_FORMAT_MARKER",
+    "OutputRefused",
     "check_not_an_input",
     "check_output",
     "is_benchmark_folder",

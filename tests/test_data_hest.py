@@ -21,8 +21,8 @@ from PIL import Image
 
 pytest.importorskip("tiffslide")
 
-from mclstexp_hub.data.errors import DataError  # noqa: E402
-from mclstexp_hub.synthetic import write_pyramidal_tiff  # noqa: E402
+from mclstexp_hub.data.errors import DataError
+from mclstexp_hub.synthetic import write_pyramidal_tiff
 
 MPP = 0.25  # the scan's µm per pixel (≠ target)
 TARGET_MPP = 0.5
@@ -41,7 +41,8 @@ def _image(seed: int = 0) -> np.ndarray:
 
 def write_hest_sample(root: Path, sample: str, *, patient: str | None = "P7", seed: int = 0,
                       counts: np.ndarray | None = None, xy: np.ndarray | None = None,
-                      json_file: bool = True, in_tissue: np.ndarray | None = None) -> dict:
+                      json_file: bool = True, in_tissue: np.ndarray | None = None,
+                      genes: list[str] = GENES) -> dict:
     """One HEST-layout sample under ``root``; returns the arrays the files were made from."""
     rng = np.random.default_rng(seed)
     for sub in ("st", "wsis", "metadata"):
@@ -54,7 +55,7 @@ def write_hest_sample(root: Path, sample: str, *, patient: str | None = "P7", se
         xy = np.stack([150 + 110 * grid[:, 0] + 0.3, 130 + 100 * grid[:, 1] + 0.7], axis=1)
     n = len(xy)
     if counts is None:
-        counts = rng.poisson(3.0, (n, len(GENES))).astype(np.float32)
+        counts = rng.poisson(3.0, (n, len(genes))).astype(np.float32)
         counts[:, 0] += 1  # no zero-total spot
     obs = pd.DataFrame(
         {
@@ -66,7 +67,7 @@ def write_hest_sample(root: Path, sample: str, *, patient: str | None = "P7", se
         },
         index=[f"spot{i:03d}" for i in range(n)],
     )
-    adata = ad.AnnData(X=sp.csr_matrix(counts), obs=obs, var=pd.DataFrame(index=GENES))
+    adata = ad.AnnData(X=sp.csr_matrix(counts), obs=obs, var=pd.DataFrame(index=genes))
     adata.obsm["spatial"] = xy.astype(np.float64)
     adata.write_h5ad(root / "st" / f"{sample}.h5ad")
     meta = {

@@ -262,13 +262,24 @@ def _fixture_for(kind: str, root):
         image = write_visium_outs(root / "img")["image"]
         opts = {"image": image}
         return path, opts, ["my"], lambda: [read_h5ad(path, image)]
+    if kind == "hest":
+        pytest.importorskip("tiffslide")
+        from test_data_hest import write_hest_sample
+
+        from mclstexp_hub.data.readers import read_hest
+
+        write_hest_sample(root, "TENX1", genes=GENES)
+        write_hest_sample(root, "MEND2", genes=GENES, seed=2)
+        return root, {}, ["MEND2", "TENX1"], lambda: read_hest(root)
     raise AssertionError(f"test has no fixture for reader {kind!r}; add one to _fixture_for")
 
 
-def test_registry_lists_the_four_platforms():
-    assert list_readers() == ["her2st", "cscc", "visium", "h5ad"]
+def test_registry_lists_the_five_platforms():
+    from mclstexp_hub.data.readers import HestReader
+
+    assert list_readers() == ["her2st", "cscc", "visium", "h5ad", "hest"]
     classes = {"her2st": Her2stReader, "cscc": CsccReader, "visium": VisiumReader,
-               "h5ad": H5adReader}
+               "h5ad": H5adReader, "hest": HestReader}
     for kind, cls in classes.items():
         reader = reader_factory(kind)
         assert type(reader) is cls and isinstance(reader, SectionReader) and reader.name == kind
@@ -287,7 +298,7 @@ def test_unknown_kind_names_the_allowed_kinds():
         reader_factory("her2st", image="slide.tif")  # an option the reader does not take
 
 
-@pytest.mark.parametrize("kind", ["her2st", "cscc", "visium", "h5ad"])
+@pytest.mark.parametrize("kind", ["her2st", "cscc", "visium", "h5ad", "hest"])
 def test_every_registered_reader_reads_its_fixture(tmp_path, kind):
     assert kind in list_readers()
     data_dir, options, names, thin = _fixture_for(kind, tmp_path)

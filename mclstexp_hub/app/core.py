@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import tempfile
 import threading
 import time
@@ -101,11 +102,6 @@ def run_prediction(
 ) -> AppRun:
     """Predict every spot of `image`, add spatial domains, write the .h5ad; errors are raised
     (turn them into a message with `user_message`)."""
-    from mclstexp_hub.analysis.domains import run_domains
-    from mclstexp_hub.prediction.io import write_h5ad_atomic
-    from mclstexp_hub.prediction.predict import predict_to_h5ad
-    from mclstexp_hub.visualization.spatial_maps import plot_cluster_map
-
     model = (model or "").strip()
     if not model:
         raise ValueError(f"choose a checkpoint: a local checkpoint folder or a Hub model id "
@@ -126,6 +122,23 @@ def run_prediction(
     root = Path(work_dir) if work_dir else Path(tempfile.gettempdir()) / "mclstexp-app"
     root.mkdir(parents=True, exist_ok=True)
     folder = Path(tempfile.mkdtemp(prefix="run-", dir=root))
+    try:
+        return _predict_into(folder, model, image_path, spots_mode, csv_path, n_clusters,
+                             device=device, tile_pitch=tile_pitch,
+                             min_tissue_fraction=min_tissue_fraction)
+    except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)  # a failed run leaves nothing behind
+        raise
+
+
+def _predict_into(folder: Path, model: str, image_path: Path, spots_mode: str,
+                  csv_path: Path | None, n_clusters: int, *, device: str | None,
+                  tile_pitch: float | None, min_tissue_fraction: float) -> AppRun:
+    from mclstexp_hub.analysis.domains import run_domains
+    from mclstexp_hub.prediction.io import write_h5ad_atomic
+    from mclstexp_hub.prediction.predict import predict_to_h5ad
+    from mclstexp_hub.visualization.spatial_maps import plot_cluster_map
+
     out = folder / f"{_safe(image_path.stem)}_pred.h5ad"
     started = time.perf_counter()
     pipe = get_pipeline(model, device)
@@ -250,11 +263,11 @@ def _safe(name: str) -> str:
 
 
 __all__ = [
-    "AppRun",
     "DEFAULT_N_CLUSTERS",
     "SPOTS_CSV",
     "SPOTS_TILE",
     "SPOT_MODES",
+    "AppRun",
     "default_device",
     "default_model",
     "gene_map",

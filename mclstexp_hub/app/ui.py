@@ -15,10 +15,11 @@ from typing import Any
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no calls home from a demo
 
-from . import core  # noqa: E402
+from . import core
 
 logger = logging.getLogger(__name__)
 
+MAP_HEIGHT = 420  # px of the uncertainty and domain panels (side by side under the gene map)
 TITLE = "mclSTExp: spatial gene expression from H&E"
 INTRO = """\
 # mclSTExp — spatial gene expression from H&E
@@ -78,7 +79,7 @@ def build_app(model: str | None = None, device: str | None = None):
             )
             gene_png = core.gene_map(result, result.default_gene)
             uncertainty_png = core.uncertainty_map(result, result.default_gene)
-        except Exception as exc:  # noqa: BLE001 - the page shows a message, never a traceback
+        except Exception as exc:  # noqa: BLE001 - the page shows a message, not a traceback
             return failed(exc, uploads)
         return (
             result.summary,
@@ -97,7 +98,7 @@ def build_app(model: str | None = None, device: str | None = None):
         try:
             gene_png = core.gene_map(result, gene)
             uncertainty_png = core.uncertainty_map(result, gene)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             logger.exception("demo app: drawing %s failed", gene)
             raise gr.Error(core.user_message(exc)) from None
         return str(gene_png), gr.update(value=str(uncertainty_png) if uncertainty_png else None,
@@ -140,11 +141,13 @@ def build_app(model: str | None = None, device: str | None = None):
                                    filterable=True)
                 gene_img = gr.Image(label="Gene map", type="filepath", elem_id="gene-map",
                                     interactive=False)
-                uncertainty_img = gr.Image(label="Uncertainty", type="filepath",
-                                           elem_id="uncertainty-map", interactive=False,
-                                           visible=False)
-                domains_img = gr.Image(label="Spatial domains", type="filepath",
-                                       elem_id="domains-map", interactive=False)
+                with gr.Row():
+                    uncertainty_img = gr.Image(label="Uncertainty", type="filepath",
+                                               elem_id="uncertainty-map", interactive=False,
+                                               visible=False, height=MAP_HEIGHT)
+                    domains_img = gr.Image(label="Spatial domains", type="filepath",
+                                           elem_id="domains-map", interactive=False,
+                                           height=MAP_HEIGHT)
         spots_mode.change(spots_inputs, spots_mode, [spots, tile_pitch])
         run_button.click(
             run, [model_box, image, spots_mode, spots, n_clusters, tile_pitch],

@@ -100,8 +100,14 @@ def _build_index(args: argparse.Namespace, bank, model, folder: str) -> None:
     from mclstexp_hub.retrieval.auto import EXACT_MAX_SPOTS, build_searcher, save_searcher
 
     k = min(int(model.config.retrieval_k), len(bank))
-    searcher, report = build_searcher(bank, k, kind=args.index,
-                                      target_recall=args.target_recall)
+    try:
+        searcher, report = build_searcher(bank, k, kind=args.index,
+                                          target_recall=args.target_recall)
+    except ImportError as exc:  # faiss is optional: auto falls back to exact search
+        if args.index != "auto":
+            raise
+        print(f"warning: no FAISS index built ({exc}); predictions will search exactly.")
+        searcher, report = None, {"kind": "exact", "reason": "faiss not installed"}
     written = save_searcher(folder, searcher, report)  # exact: removes a stale index
     if searcher is None:
         print(f"search: exact ({report['reason']}; index threshold {EXACT_MAX_SPOTS} spots)")

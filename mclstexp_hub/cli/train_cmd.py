@@ -19,7 +19,8 @@ from ._options import (
 def _check_numbers(args: argparse.Namespace) -> None:
     """Refuse explicit numbers that cannot be used (0 included), naming the option."""
     at_least_one = {"--epochs": args.epochs, "--batch-size": args.batch_size,
-                    "--retrieval-k": args.retrieval_k, "--max-position": args.max_position}
+                    "--retrieval-k": None if args.retrieval_k == "auto" else args.retrieval_k,
+                    "--max-position": args.max_position}
     for option, value in at_least_one.items():
         if value is not None and value < 1:
             raise ValueError(f"{option} must be a positive integer; got {value}.")
@@ -33,6 +34,16 @@ def _check_numbers(args: argparse.Namespace) -> None:
         raise ValueError("--image-encoder is empty; give a timm model name or leave it out.")
     if args.pretrained_encoder is not None and not args.pretrained_encoder.strip():
         raise ValueError("--pretrained-encoder is empty; give a weights file or a timm Hub id.")
+
+
+def _retrieval_k(value: str) -> int | str:
+    """`--retrieval-k`: a positive integer or `auto`."""
+    if value.strip().lower() == "auto":
+        return "auto"
+    try:
+        return int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer or 'auto'; got {value!r}") from None
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -62,7 +73,7 @@ def _train(args: argparse.Namespace) -> int:
         overrides["image_encoder"] = args.image_encoder
     if args.max_position is not None:
         overrides["max_position"] = args.max_position
-    if args.retrieval_k is not None:
+    if args.retrieval_k is not None and args.retrieval_k != "auto":
         overrides["retrieval_k"] = args.retrieval_k
     profile = resolve_profile(
         args.profile,
@@ -91,6 +102,8 @@ def _train(args: argparse.Namespace) -> int:
         dataset_metadata=meta,
         keep_checkpoints=args.keep_checkpoints,
         inputs=inputs,
+        select_retrieval=args.retrieval_k == "auto",
+        retrieval_k_grid=args.retrieval_k_grid,
     )
     if int(os.environ.get("RANK", "0")) != 0:
         return 0  # under torchrun / accelerate launch, rank 0 reports
@@ -168,7 +181,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="recompute activations in the backward pass (less memory, more time)",
     )
     p.add_argument("--max-position", type=int, default=None, help="rows per position table (default: from data)")
-    p.add_argument("--retrieval-k", type=int, default=None)
+    p.add_argument(
+        "--retrieval-k", type=_retrieval_k, default=None, metavar="K|auto",
+        help="neighbours averaged per prediction (default: the preset's); auto: choose k and "
+        "the weighting (inverse_square/mean) by leave-one-training-section-out validation, "
+        "recorded in training_info.json")
+    p.add_argument("--retrieval-k-grid", type=int, nargs="+", default=None, metavar="K",
+                   help="k values tried by --retrieval-k auto (10 25 50 100 200 400; capped at "
+                   "the smallest validation bank)")
     add_seed_option(p)
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out")
     p.add_argument("--keep-checkpoints", action="store_true", help="keep Trainer checkpoints after success")

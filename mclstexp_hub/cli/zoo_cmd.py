@@ -42,6 +42,12 @@ def _build(args: argparse.Namespace) -> int:
                            + (["--kind", args.kind] if args.kind else [])
                            + ["--profile", args.profile]) + " (benchmark step)",
     )
+    if args.quiet:  # the step lines stay; the libraries' own bars go
+        from huggingface_hub.utils import disable_progress_bars
+        from transformers.utils import logging as hf_logging
+
+        disable_progress_bars()
+        hf_logging.disable_progress_bar()
     build_zoo_model(opts, say=lambda line: print(line, flush=True))
     return 0
 

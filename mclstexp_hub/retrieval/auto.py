@@ -5,7 +5,8 @@ HER2+/ST cohorts give (10⁴–10⁵ spots), too slow for million-spot banks. `b
 keeps exact search up to `EXACT_MAX_SPOTS` and builds an IVF index above it whose `nprobe`
 is tuned *on the bank itself*: ~1,000 bank rows, each perturbed by Gaussian noise of norm
 `probe_noise` × its distance to its nearest other bank row, serve as probe queries; their
-exact top-k is computed once, and nprobe is raised until recall@k ≥ `target_recall`. The
+exact top-k is computed once, and nprobe is raised until recall@k ≥ `target_recall` (a
+query whose scanned cells hold fewer than k spots is re-searched with more cells). The
 report (kind, nlist, nprobe, measured recall, probe count, build seconds, a fingerprint of
 the bank embeddings) is saved next to the bank (`spot_bank_index.json`, index in
 `spot_bank.faiss`); `load_searcher` refuses an index whose bank has changed (warning, exact
@@ -94,10 +95,8 @@ def tune_nprobe(index: FaissSpotIndex, probes: np.ndarray, exact: np.ndarray, k:
     def recall(p: int) -> float:
         if p not in tried:
             index.set_search_params(nprobe=p)
-            _, idx = index.index.search(probes, k)
-            # a missing neighbour (-1) must never count as a hit: make each one distinct
-            idx = np.where(idx < 0, -1 - np.arange(idx.shape[1])[None, :], idx)
-            tried[p] = recall_at_k(exact, idx)
+            _, idx = index.search(probes, k)  # as served: short rows widened
+            tried[p] = recall_at_k(exact, idx.numpy())
         return tried[p]
 
     lo, hi = 0, 1  # recall(lo) < target (lo = 0: nothing scanned)
@@ -153,6 +152,7 @@ def build_searcher(
         faiss.omp_set_num_threads(int(threads))
     t0 = time.perf_counter()
     index = FaissSpotIndex.from_bank(bank, "ivf", nlist=nlist, seed=seed)
+    index.widen_short_rows = True  # a query whose cells hold < k spots scans more cells
     t_index = time.perf_counter() - t0
     x = _normalised(bank.embeddings, "bank embeddings")
     t1 = time.perf_counter()
@@ -235,6 +235,7 @@ def load_searcher(folder: str | os.PathLike, bank: SpotBank | None = None,
             return None, None
     if "nprobe" in report and index.kind == "ivf":
         index.set_search_params(nprobe=int(report["nprobe"]))
+        index.widen_short_rows = True
     return index, report
 
 

@@ -68,6 +68,9 @@ class FaissSpotIndex:
     n_spots: int
     dim: int
     params: dict[str, Any] = field(default_factory=dict)
+    # ivf: re-answer queries whose scanned cells held fewer than k spots with more cells
+    # (nprobe doubled until complete) instead of raising; `retrieval.auto` turns it on.
+    widen_short_rows: bool = False
 
     @classmethod
     def from_bank(
@@ -165,6 +168,8 @@ class FaissSpotIndex:
                 f"Query embeddings must be (n, {self.dim}) to match the index; got {q.shape}."
             )
         sims, idx = self.index.search(q, int(k))
+        if self.widen_short_rows and self.kind == "ivf" and (idx < 0).any():
+            sims, idx = self._widen(q, int(k), sims, idx)
         if (idx < 0).any():
             n_bad = int((idx < 0).any(axis=1).sum())
             hint = ("raise nprobe (set_search_params(nprobe=...))" if self.kind == "ivf"
@@ -175,6 +180,19 @@ class FaissSpotIndex:
                 "kind='flat' / exact search."
             )
         return torch.from_numpy(sims.astype(np.float32)), torch.from_numpy(idx.astype(np.int64))
+
+    def _widen(self, q: np.ndarray, k: int, sims: np.ndarray, idx: np.ndarray):
+        """Search rows with missing neighbours again with ever more cells (up to all)."""
+        faiss = import_faiss()
+        nprobe, nlist = int(self.index.nprobe), int(self.index.nlist)
+        rows = np.flatnonzero((idx < 0).any(axis=1))
+        while rows.size and nprobe < nlist:
+            nprobe = min(2 * nprobe, nlist)
+            s2, i2 = self.index.search(np.ascontiguousarray(q[rows]), k,
+                                       params=faiss.SearchParametersIVF(nprobe=nprobe))
+            sims[rows], idx[rows] = s2, i2
+            rows = rows[(i2 < 0).any(axis=1)]
+        return sims, idx
 
     # ------------------------------------------------------------- persistence
     def save(self, path: str | os.PathLike) -> str:

@@ -23,7 +23,7 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -392,6 +392,8 @@ def train_model(
     keep_checkpoints: bool = False,
     callbacks: list[Any] | None = None,
     inputs: Iterable[str | os.PathLike | None] = (),
+    select_retrieval: bool = False,
+    retrieval_k_grid: Sequence[int] | None = None,
 ) -> TrainResult:
     """Train an mclSTExp model on a patch dataset; optionally save a complete checkpoint.
 
@@ -405,6 +407,9 @@ def train_model(
         once for all spots and sliced per fold. Requires a frozen encoder.
     max_steps / save_steps: stop after / save every this many optimiser steps (tests, resuming).
     inputs: paths the run reads (the dataset, encoder weights); `out_dir` may not be or hold one.
+    select_retrieval: choose retrieval_k and retrieval_weighting by leave-one-training-section-out
+        validation over `retrieval_k_grid` (`--retrieval-k auto`, `training/select_k.py`); the
+        curve and the choice go to training_info.json["retrieval_selection"] and the config.
     A run that fails or is interrupted removes the `out_dir` it created (nothing blocks a rerun);
     a resumed run keeps its Trainer state for the next --resume.
     Returns the trained model with its bank attached.
@@ -613,6 +618,20 @@ def train_model(
             dataset_metadata=meta,
         )
         timings["bank_seconds"] = time.perf_counter() - t0
+        selection = None
+        if select_retrieval:
+            from .select_k import DEFAULT_K_GRID, select_retrieval_by_inner_cv
+
+            t0 = time.perf_counter()
+            selection = select_retrieval_by_inner_cv(
+                model, spots, k_grid=retrieval_k_grid or DEFAULT_K_GRID,
+                # view 0 is the clean view (given features, or the profile's include_clean_view)
+                image_features=(cached_features[0] if cached_features is not None and (
+                    prof.include_clean_view or spots.patches is None) else None),
+                progress=progress and is_main)
+            model.config.retrieval_k = selection["retrieval_k"]
+            model.config.retrieval_weighting = selection["retrieval_weighting"]
+            timings["retrieval_selection_seconds"] = time.perf_counter() - t0
         seconds = time.perf_counter() - started
         history = [dict(h) for h in history_cb.history]
         if out_dir is not None and trainer.is_world_process_zero():
@@ -632,6 +651,8 @@ def train_model(
                 ),
                 "bank": dict(bank.metadata),
                 "retrieval_k": model.config.retrieval_k,
+                "retrieval_weighting": model.config.retrieval_weighting,
+                "retrieval_selection": selection,
                 "warnings": list(run_warnings),
                 "seconds": seconds,
                 **timings,

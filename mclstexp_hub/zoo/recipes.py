@@ -351,7 +351,9 @@ class Recipe:
                         "this step was kept — rerun the same command to resume here")
                     raise
                 spent = time.perf_counter() - t0
-                where = f" -> {out / step.output}" if step.output else ""
+                where = f" -> {out / step.output}" if step.output else (
+                    f" -> {result['url']}" if isinstance(result, dict) and result.get("url")
+                    else "")
                 say(f"{tag} done in {spent:.1f} s{where}")
                 outcomes.append(StepOutcome(step.name, "done", reason, spent,
                                             out / step.output if step.output else None, result))
@@ -659,6 +661,8 @@ def zoo_recipe(preset: str) -> Recipe:
 
 def build_zoo_model(opts: ZooOptions, say: Callable[[str], None] = print) -> list[StepOutcome]:
     """Run (or resume) the zoo build of `opts.preset` into `opts.out`."""
+    resolve_kind(opts)  # bad --kind / --genes fail before OUT is created
+    resolve_genes(opts)
     return zoo_recipe(opts.preset).run(opts, say=say)
 
 

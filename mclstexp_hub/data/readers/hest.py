@@ -200,7 +200,7 @@ class HestReader(SectionReader):
         else:
             grid = _grid_from_pixels(xy).astype(float) if len(xy) else np.zeros((0, 2))
             grid_source = "derived from obsm['spatial'] and the median nearest-neighbour pitch"
-        counts = adata.layers["counts"] if "counts" in adata.layers else adata.X
+        counts = adata.layers.get("counts", adata.X)
         field = "layers['counts']" if "counts" in adata.layers else "X"
         spots = pd.DataFrame({
             "spot_id": adata.obs_names.astype(str),

@@ -1,0 +1,129 @@
+"""Retrieval k (and weighting) chosen by inner cross-validation on the training sections.
+
+`mclstexp train --retrieval-k auto`: for each training section in turn, the bank is the other
+training sections' spots (the trained spot tower, the recorded batching: runs of 32 in dataset
+order), the queries are the left-out section's patches through the trained image tower, and the
+score is the mean per-gene Pearson r (PCC(ACG), NaN genes dropped) of the retrieved prediction
+against the left-out section's expression. The (k, weighting) with the highest mean score over
+the left-out sections wins. The held-out test sections are never seen: only training spots are.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..models.mclstexp.modeling_mclstexp import DEFAULT_BANK_BATCH_SIZE
+from .bank import bank_from_arrays
+
+DEFAULT_K_GRID = (10, 25, 50, 100, 200, 400)
+DEFAULT_WEIGHTINGS = ("inverse_square", "mean")
+
+
+def _image_embeddings(model: Any, spots: Any, image_features: torch.Tensor | None,
+                      progress: bool) -> torch.Tensor:
+    """Projected image embeddings of every training spot's clean patch (eval mode)."""
+    if image_features is None:
+        if spots.patches is None:
+            raise ValueError("retrieval k by validation needs the training patches or their "
+                             "cached clean features.")
+        from .features import compute_image_features
+
+        image_features = compute_image_features(model, spots.patches, 1, progress=progress)[0]
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            return model.get_image_features(
+                image_features=image_features.to(model.device)).pooler_output.float().cpu()
+    finally:
+        model.train(was_training)
+
+
+def select_retrieval_by_inner_cv(
+    model: Any,
+    spots: Any,
+    *,
+    image_features: torch.Tensor | None = None,
+    k_grid: Sequence[int] = DEFAULT_K_GRID,
+    weightings: Sequence[str] = DEFAULT_WEIGHTINGS,
+    batch_size: int = DEFAULT_BANK_BATCH_SIZE,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Leave-one-training-section-out scores over `k_grid` × `weightings`; the argmax.
+
+    `spots`: the training `SpotPatchDataset` (expression, positions, sections, patches).
+    `image_features`: its clean pooled encoder features (N, F) when cached (frozen encoder).
+    Returns a JSON-ready dict: the grid, the per-section and mean score of every (k, weighting),
+    and the chosen `retrieval_k` / `retrieval_weighting`.
+    """
+    from ..evaluation.metrics import pearson_per_gene
+
+    sections = np.asarray([str(s) for s in spots.sections])
+    names = list(dict.fromkeys(sections.tolist()))
+    if len(names) < 2:
+        raise ValueError(
+            f"--retrieval-k auto needs at least 2 training sections for leave-one-section-out "
+            f"validation; got {names}. Pass a number to --retrieval-k instead."
+        )
+    smallest_bank = min(int((sections != s).sum()) for s in names)
+    grid = sorted({int(k) for k in k_grid if int(k) <= smallest_bank})
+    if not grid:
+        grid = [smallest_bank]
+    queries = _image_embeddings(model, spots, image_features, progress)
+    expression = torch.as_tensor(spots.expression, dtype=torch.float32)
+    positions = torch.as_tensor(spots.positions)
+    patients = list(getattr(spots, "patients", []) or [])
+    distance = model.config.retrieval_distance
+    scores: dict[str, dict[str, dict[str, float]]] = {w: {} for w in weightings}
+    for left_out in names:
+        test = np.flatnonzero(sections == left_out)
+        train = np.flatnonzero(sections != left_out)
+        bank = bank_from_arrays(
+            model, expression[train], positions[train], sections[train].tolist(),
+            [patients[i] for i in train] if patients else [], batch_size=batch_size,
+            progress=False, attach=False, built_with="inner validation fold",
+        )
+        _, order = bank.search(queries[test], max(grid))  # sorted by similarity
+        observed = expression[test].numpy()
+        for weighting in weightings:
+            for k in grid:
+                predicted = bank.retrieve(queries[test], k, distance, weighting,
+                                          indices=order[:, :k])[0].numpy()
+                r, _ = pearson_per_gene(predicted, observed)
+                value = float(np.nanmean(r)) if np.isfinite(r).any() else float("nan")
+                scores[weighting].setdefault(str(k), {})[left_out] = value
+    curve = []
+    for weighting in weightings:
+        for k in grid:
+            per_section = scores[weighting][str(k)]
+            values = [v for v in per_section.values() if np.isfinite(v)]
+            curve.append({"k": k, "weighting": weighting,
+                          "mean_pcc_acg": float(np.mean(values)) if values else float("nan"),
+                          "per_section": per_section})
+    finite = [c for c in curve if np.isfinite(c["mean_pcc_acg"])]
+    if not finite:
+        raise ValueError("--retrieval-k auto: every validation score is NaN (constant predictions); "
+                         "pass a number to --retrieval-k.")
+    # argmax; ties go to the smaller k, then to the weighting listed first
+    best = max(finite, key=lambda c: (c["mean_pcc_acg"], -c["k"],
+                                      -list(weightings).index(c["weighting"])))
+    return {
+        "method": "leave-one-training-section-out; bank = the other training sections' spots "
+                  f"(spot tower, runs of {batch_size} in dataset order); queries = the left-out "
+                  "section's clean patches; score = mean per-gene Pearson r (PCC ACG)",
+        "distance": distance,
+        "k_grid": grid,
+        "weightings": list(weightings),
+        "sections": names,
+        "curve": curve,
+        "retrieval_k": int(best["k"]),
+        "retrieval_weighting": best["weighting"],
+        "best_mean_pcc_acg": best["mean_pcc_acg"],
+    }
+
+
+__all__ = ["DEFAULT_K_GRID", "DEFAULT_WEIGHTINGS", "select_retrieval_by_inner_cv"]
