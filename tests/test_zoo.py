@@ -67,12 +67,12 @@ def hub():
 
 
 def options(raw, out: Path, **changes) -> ZooOptions:
-    base = dict(
-        preset="her2st", data_dir=str(raw.data_dir), out=str(out), genes=str(raw.genes_file),
-        patch_size=raw.spot_diameter, data_license="synthetic data, no licence restrictions",
-        profile="cpu", epochs=3, n_feature_views=1, image_encoder="resnet10t", retrieval_k=10,
-        methods=["mclstexp", "topk_mean_frozen"], progress=False,
-    )
+    base = {
+        "preset": "her2st", "data_dir": str(raw.data_dir), "out": str(out), "genes": str(raw.genes_file),
+        "patch_size": raw.spot_diameter, "data_license": "synthetic data, no licence restrictions",
+        "profile": "cpu", "epochs": 3, "n_feature_views": 1, "image_encoder": "resnet10t", "retrieval_k": 10,
+        "methods": ["mclstexp", "topk_mean_frozen"], "progress": False,
+    }
     base.update(changes)
     return ZooOptions(**base)
 
@@ -111,8 +111,8 @@ def test_unknown_kind_and_foreign_out_are_refused(raw, tmp_path, capsys):
 def test_zoo_build_end_to_end_resumes_skips_and_reruns(raw, hub, tmp_path, monkeypatch, capsys):
     import torch
 
-    import mclstexp_hub.training.trainer as trainer
     from mclstexp_hub import MclSTExpModel
+    from mclstexp_hub.training import trainer
 
     out = tmp_path / "zoo"
     lines: list[str] = []

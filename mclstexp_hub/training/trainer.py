@@ -462,6 +462,11 @@ def train_model(
         )
     patch_size = int(spots.patches.shape[-1]) if spots.patches is not None else None
     run_warnings: list[str] = []
+    if select_retrieval and len(set(spots.sections)) < 2:
+        raise ValueError(
+            "--retrieval-k auto needs at least 2 training sections for leave-one-section-out "
+            f"validation; got {sorted(set(spots.sections))}. Pass a number to --retrieval-k."
+        )
     clamped_k, k_warning = resolve_retrieval_k(dataset_preset, config_overrides, len(spots))
     effective_overrides = dict(config_overrides or {})
     if clamped_k is not None:
