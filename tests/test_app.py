@@ -181,6 +181,7 @@ def test_app_predicts_and_downloads(app_url, driver, downloads, synthetic, tmp_p
     """Upload slide + spots, Run: gene map, domains, download a readable pred.h5ad."""
     import anndata as ad
     from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
 
     _open(driver, app_url)
     model_box = driver.find_element(By.CSS_SELECTOR, "#model textarea, #model input")
@@ -192,8 +193,17 @@ def test_app_predicts_and_downloads(app_url, driver, downloads, synthetic, tmp_p
     assert f"{len(synthetic.spots)} spots × {len(synthetic.genes)} genes" in status, status
     _wait(driver).until(lambda d: _image_src(d, "gene-map"))
     _wait(driver).until(lambda d: _image_src(d, "domains-map"))
-    chosen = driver.find_element(By.CSS_SELECTOR, "#gene input").get_attribute("value")
+    box = driver.find_element(By.CSS_SELECTOR, "#gene input")
+    chosen = box.get_attribute("value")
     assert chosen in synthetic.genes
+    assert _image_src(driver, "gene-map").endswith(f"gene_{chosen}.png")
+    # another gene from the dropdown redraws the map
+    other = next(g for g in synthetic.genes if g != chosen)
+    box.click()
+    box.send_keys(Keys.CONTROL, "a")
+    box.send_keys(other)
+    box.send_keys(Keys.ENTER)
+    _wait(driver).until(lambda d: (_image_src(d, "gene-map") or "").endswith(f"gene_{other}.png"))
 
     # download the .h5ad through the page's link
     link = _wait(driver).until(lambda d: d.find_elements(By.CSS_SELECTOR, "#download a[href]"))

@@ -13,9 +13,9 @@ import torch
 
 pytest.importorskip("faiss")
 
-from mclstexp_hub.cli import main  # noqa: E402
-from mclstexp_hub.models.mclstexp.spot_bank_mclstexp import SpotBank  # noqa: E402
-from mclstexp_hub.retrieval import FaissSpotIndex, auto, recall_at_k  # noqa: E402
+from mclstexp_hub.cli import main
+from mclstexp_hub.models.mclstexp.spot_bank_mclstexp import SpotBank
+from mclstexp_hub.retrieval import FaissSpotIndex, auto, recall_at_k
 
 
 def _clustered_bank(n: int = 6000, dim: int = 32, n_genes: int = 5, seed: int = 0):

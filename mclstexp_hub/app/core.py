@@ -84,8 +84,10 @@ def _path(upload: Any) -> Path | None:
         upload = upload[0] if upload else None
         if upload is None:
             return None
-    name = getattr(upload, "path", None) or getattr(upload, "name", None) or upload
-    return Path(os.fspath(name))
+    if isinstance(upload, (str, os.PathLike)):
+        return Path(os.fspath(upload))
+    name = getattr(upload, "path", None) or getattr(upload, "name", None)  # a file object
+    return Path(os.fspath(name)) if name else None
 
 
 def run_prediction(
