@@ -136,7 +136,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "embed reference spots with a checkpoint's spot tower and save the bank", """
         Every spot of --dataset (optionally --sections) goes through the spot tower in
         consecutive runs of --batch-size spots in dataset order (32, as the reference);
-        a spot's embedding depends on its run, so the batching is recorded in the bank.""")
+        a spot's embedding depends on its run, so the batching is recorded in the bank.
+        --expression SOURCE --kind KIND builds it from counts + spot positions alone (no
+        images), preprocessed with the checkpoint's gene panel and expression transform.""")
     build.add_argument("checkpoint", help="checkpoint folder or Hub model id")
     build.add_argument("--dataset", default=None, help="patch dataset folder or Hub dataset id")
     build.add_argument(
