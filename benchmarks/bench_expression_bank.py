@@ -8,7 +8,7 @@ scored on a held-out section of the patch dataset (PCC ACG / HEG, as `mclstexp e
   positions but no image (the reader's `--kind`), leaving out the held-out section's patient,
 
 at each `--k`. For every row it also reports the Spearman correlation between the per-spot
-neighbour spread (`MclSTExpPrediction.spot_uncertainty`, the weighted std of the k neighbours'
+neighbour spread (`MclSTExpPrediction.spot_neighbour_spread`, the weighted std of the k neighbours'
 expression, mean over genes) and the per-spot absolute error (mean over genes), and per gene
 (spread vs |error| over spots: mean / median over genes and the fraction of genes with rho > 0).
 
@@ -109,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
             row = {"bank": name, "n_spots": len(bank), "k": k, "weighting":
                    model.config.retrieval_weighting, "pcc_acg": m.pcc_acg, "pcc_heg": m.pcc_heg,
                    "mse": m.mse, "mae": m.mae,
-                   **spread_error_spearman(pred.uncertainty.numpy(), predicted, observed)}
+                   **spread_error_spearman(pred.neighbour_spread.numpy(), predicted, observed)}
             rows.append(row)
     print()
     print("| bank | spots | k | PCC(ACG) | PCC(HEG) | MSE | rho spot spread vs |err| "

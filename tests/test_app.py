@@ -224,11 +224,11 @@ def test_app_predicts_and_downloads(app_url, driver, downloads, synthetic, tmp_p
     assert "mclstexp_domain" in adata.obs  # the domains shown are in the download
     assert adata.obsm["spatial"].shape[0] == adata.n_obs and adata.uns["spatial"]
 
-    # the uncertainty panel appears exactly when the prediction carries uncertainty
-    has_uncertainty = "uncertainty" in adata.layers or "uncertainty" in adata.obs
-    panel = driver.find_elements(By.CSS_SELECTOR, "#uncertainty-map")
-    visible = bool(panel) and panel[0].is_displayed() and bool(_image_src(driver, "uncertainty-map"))
-    assert visible == has_uncertainty
+    # the neighbour_spread panel appears exactly when the prediction carries neighbour_spread
+    has_neighbour_spread = "neighbour_spread" in adata.layers or "neighbour_spread" in adata.obs
+    panel = driver.find_elements(By.CSS_SELECTOR, "#neighbour_spread-map")
+    visible = bool(panel) and panel[0].is_displayed() and bool(_image_src(driver, "neighbour_spread-map"))
+    assert visible == has_neighbour_spread
 
     shot = _screenshot(driver, tmp_path / "app.png")
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -261,8 +261,8 @@ def test_app_shows_errors_not_tracebacks(app_url, driver, synthetic, tmp_path):
     assert not _image_src(driver, "gene-map")
 
 
-def test_uncertainty_panel_when_present(synthetic, tmp_path):
-    """No browser: the panel is drawn from obs/layers['uncertainty'] and absent without them."""
+def test_neighbour_spread_panel_when_present(synthetic, tmp_path):
+    """No browser: the panel is drawn from obs/layers['neighbour_spread'] and absent without them."""
     import numpy as np
 
     from mclstexp_hub.app import core
@@ -272,16 +272,16 @@ def test_uncertainty_panel_when_present(synthetic, tmp_path):
     adata = run.adata
     assert run.h5ad.is_file() and run.domains_png and run.domains_png.is_file()
     assert core.gene_map(run, run.default_gene).is_file()
-    if "uncertainty" in adata.obs:  # drop what the model may give, then add each kind
-        del adata.obs["uncertainty"]
-    adata.layers.pop("uncertainty", None)
-    assert core.uncertainty_map(run, run.default_gene) is None
-    adata.layers["uncertainty"] = np.abs(np.asarray(adata.X)) * 0.1
-    values, title = core.uncertainty_values(adata, run.default_gene)
+    if "neighbour_spread" in adata.obs:  # drop what the model may give, then add each kind
+        del adata.obs["neighbour_spread"]
+    adata.layers.pop("neighbour_spread", None)
+    assert core.neighbour_spread_map(run, run.default_gene) is None
+    adata.layers["neighbour_spread"] = np.abs(np.asarray(adata.X)) * 0.1
+    values, title = core.neighbour_spread_values(adata, run.default_gene)
     assert values.shape == (adata.n_obs,) and run.default_gene in title
-    assert core.uncertainty_map(run, run.default_gene).is_file()
-    adata.obs["uncertainty"] = np.linspace(0, 1, adata.n_obs)
-    values, title = core.uncertainty_values(adata)
+    assert core.neighbour_spread_map(run, run.default_gene).is_file()
+    adata.obs["neighbour_spread"] = np.linspace(0, 1, adata.n_obs)
+    values, title = core.neighbour_spread_values(adata)
     assert np.allclose(values, np.linspace(0, 1, adata.n_obs)) and "per-spot" in title
     with pytest.raises(ValueError, match="spots CSV"):
         core.run_prediction(str(synthetic.checkpoint), synthetic.image, core.SPOTS_CSV, None,

@@ -36,7 +36,7 @@ def _prediction(n: int = 24, n_genes: int = 5, seed: int = 0, observed: bool = T
         spots, thumb, SCALEF, DIAMETER, LIB,
         {"units": "log10(1 + cp10k)", "image": "/data/slide.tif", "retrieval_k": 8},
         image_metadata={"width": 260, "height": 220},
-        uncertainty=rng.random((n, n_genes)).astype(np.float32),
+        neighbour_spread=rng.random((n, n_genes)).astype(np.float32),
     )
     if observed:
         adata.layers["observed"] = rng.random((n, n_genes)).astype(np.float32)
@@ -59,7 +59,7 @@ def test_spatialdata_round_trip(tmp_path):
     assert sdata.attrs["mclstexp"]["library_id"] == LIB
     table = sdata.tables["table"]
     np.testing.assert_array_equal(np.asarray(table.X), adata.X)
-    for layer in ("observed", "uncertainty"):
+    for layer in ("observed", "neighbour_spread"):
         np.testing.assert_array_equal(np.asarray(table.layers[layer]), adata.layers[layer])
     assert list(table.var_names) == list(adata.var_names)
     assert list(table.obs["spot_id"]) == list(adata.obs["spot_id"])
@@ -142,7 +142,7 @@ def test_squidpy_spatial_scatter_draws_a_prediction(tmp_path):
     _prediction().write_h5ad(path)
     adata = ad.read_h5ad(path)
     figure = tmp_path / "scatter.png"
-    sq.pl.spatial_scatter(adata, color=["GENE0", "uncertainty"], library_id=LIB,
+    sq.pl.spatial_scatter(adata, color=["GENE0", "neighbour_spread"], library_id=LIB,
                           img_res_key="hires", save=figure)
     assert figure.is_file() and figure.stat().st_size > 1000
     import matplotlib.pyplot as plt

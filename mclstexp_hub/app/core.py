@@ -29,7 +29,7 @@ SPOTS_TILE = "tile the tissue"
 SPOT_MODES = (SPOTS_CSV, SPOTS_TILE)
 DEFAULT_N_CLUSTERS = 5
 DOMAIN_KEY = "mclstexp_domain"
-UNCERTAINTY = "uncertainty"  # layers[...] (spot × gene) and/or obs[...] (per spot)
+UNCERTAINTY = "neighbour_spread"  # layers[...] (spot × gene) and/or obs[...] (per spot)
 IMAGE_TYPES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".svs", ".ndpi", ".scn", ".mrxs",
                ".bif", ".vms")
 SPOTS_TYPES = (".csv", ".tsv", ".txt")
@@ -72,7 +72,7 @@ class AppRun:
     default_gene: str
     domains_png: Path | None
     summary: str
-    has_uncertainty: bool
+    has_neighbour_spread: bool
     maps: dict[str, Path] = field(default_factory=dict)  # gene → drawn PNG (cache)
 
 
@@ -167,19 +167,19 @@ def _predict_into(folder: Path, model: str, image_path: Path, spots_mode: str,
     variance = np.nan_to_num(np.var(X, axis=0)) if adata.n_obs else np.zeros(len(genes))
     default_gene = genes[int(np.argmax(variance))] if genes else ""
     info = adata.uns.get("mclstexp", {})
-    has_uncertainty = UNCERTAINTY in adata.layers or UNCERTAINTY in adata.obs
+    has_neighbour_spread = UNCERTAINTY in adata.layers or UNCERTAINTY in adata.obs
     summary = (
         f"**{adata.n_obs} spots × {adata.n_vars} genes** predicted in {seconds:.1f} s "
         f"(units: {info.get('units', '?')}; retrieval k = {info.get('retrieval_k', '?')}). "
         f"Spots: {'uploaded CSV' if csv_path else 'grid over the tissue'}. "
         f"Domains ({k}): {sizes}. "
-        + ("Per-spot uncertainty: shown below." if has_uncertainty
-           else "This model's output carries no uncertainty.")
+        + ("Neighbour spread (weighted spread of the retrieved spots' expression; not a validated uncertainty): shown below." if has_neighbour_spread
+           else "This model's output carries no neighbour spread.")
         + f"  \nDefault map: **{default_gene}** (the most variable predicted gene)."
     )
     return AppRun(adata=adata, h5ad=result.path, folder=folder, genes=genes,
                   default_gene=default_gene, domains_png=domains_png, summary=summary,
-                  has_uncertainty=has_uncertainty)
+                  has_neighbour_spread=has_neighbour_spread)
 
 
 def gene_map(run: AppRun, gene: str | None) -> Path:
@@ -193,31 +193,31 @@ def gene_map(run: AppRun, gene: str | None) -> Path:
     return run.maps[gene]
 
 
-def uncertainty_values(adata, gene: str | None = None) -> tuple[np.ndarray, str] | None:
-    """Per-spot uncertainty to draw and its title: `obs["uncertainty"]`, else the gene's
-    column of `layers["uncertainty"]` (or its mean over genes); None when there is none."""
+def neighbour_spread_values(adata, gene: str | None = None) -> tuple[np.ndarray, str] | None:
+    """Per-spot neighbour_spread to draw and its title: `obs["neighbour_spread"]`, else the gene's
+    column of `layers["neighbour_spread"]` (or its mean over genes); None when there is none."""
     if UNCERTAINTY in adata.obs:
         values = np.asarray(adata.obs[UNCERTAINTY], dtype=np.float64)
-        return values, "per-spot uncertainty"
+        return values, "per-spot neighbour spread"
     if UNCERTAINTY in adata.layers:
         layer = adata.layers[UNCERTAINTY]
         layer = layer.toarray() if hasattr(layer, "toarray") else np.asarray(layer)
         if gene is not None and gene in adata.var_names:
             j = int(adata.var_names.get_loc(gene))
-            return np.asarray(layer[:, j], dtype=np.float64), f"{gene} — uncertainty"
-        return np.asarray(layer, dtype=np.float64).mean(axis=1), "uncertainty (mean over genes)"
+            return np.asarray(layer[:, j], dtype=np.float64), f"{gene} — neighbour spread"
+        return np.asarray(layer, dtype=np.float64).mean(axis=1), "neighbour spread (mean over genes)"
     return None
 
 
-def uncertainty_map(run: AppRun, gene: str | None = None) -> Path | None:
-    """A PNG of the per-spot uncertainty over the slide, or None when the AnnData has none."""
-    found = uncertainty_values(run.adata, gene)
+def neighbour_spread_map(run: AppRun, gene: str | None = None) -> Path | None:
+    """A PNG of the per-spot neighbour_spread over the slide, or None when the AnnData has none."""
+    found = neighbour_spread_values(run.adata, gene)
     if found is None:
         return None
     values, title = found
-    key = f"__uncertainty__{title}"
+    key = f"__neighbour_spread__{title}"
     if key not in run.maps:
-        path = run.folder / f"uncertainty_{_safe(title)}.png"
+        path = run.folder / f"neighbour_spread_{_safe(title)}.png"
         with _plot_lock:
             run.maps[key] = plot_spot_values(run.adata, values, path, title)
     return run.maps[key]
@@ -276,7 +276,7 @@ __all__ = [
     "get_pipeline",
     "plot_spot_values",
     "run_prediction",
-    "uncertainty_map",
-    "uncertainty_values",
+    "neighbour_spread_map",
+    "neighbour_spread_values",
     "user_message",
 ]

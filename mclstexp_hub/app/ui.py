@@ -1,7 +1,7 @@
 """The Gradio page of the demo app: inputs on the left, maps on the right, errors as a message.
 
 Needs the `app` extra (`pip install 'mclstexp-hub[app]'`: gradio). Element ids (`#image`,
-`#spots`, `#run`, `#status`, `#gene`, `#gene-map`, `#uncertainty-map`, `#domains-map`,
+`#spots`, `#run`, `#status`, `#gene`, `#gene-map`, `#neighbour_spread-map`, `#domains-map`,
 `#download`) are stable: tests/test_app.py drives the page by them.
 """
 
@@ -19,7 +19,7 @@ from . import core
 
 logger = logging.getLogger(__name__)
 
-MAP_HEIGHT = 420  # px of the uncertainty and domain panels (side by side under the gene map)
+MAP_HEIGHT = 420  # px of the neighbour_spread and domain panels (side by side under the gene map)
 TITLE = "mclSTExp: spatial gene expression from H&E"
 INTRO = """\
 # mclSTExp — spatial gene expression from H&E
@@ -78,7 +78,7 @@ def build_app(model: str | None = None, device: str | None = None):
                 work_dir=root, tile_pitch=float(tile_pitch) if tile_pitch else None,
             )
             gene_png = core.gene_map(result, result.default_gene)
-            uncertainty_png = core.uncertainty_map(result, result.default_gene)
+            neighbour_spread_png = core.neighbour_spread_map(result, result.default_gene)
         except Exception as exc:  # noqa: BLE001 - the page shows a message, not a traceback
             return failed(exc, uploads)
         return (
@@ -86,8 +86,8 @@ def build_app(model: str | None = None, device: str | None = None):
             result,
             gr.update(choices=result.genes, value=result.default_gene),
             str(gene_png),
-            gr.update(value=str(uncertainty_png) if uncertainty_png else None,
-                      visible=uncertainty_png is not None),
+            gr.update(value=str(neighbour_spread_png) if neighbour_spread_png else None,
+                      visible=neighbour_spread_png is not None),
             str(result.domains_png) if result.domains_png else None,
             str(result.h5ad),
         )
@@ -97,12 +97,12 @@ def build_app(model: str | None = None, device: str | None = None):
             return gr.update(), gr.update()
         try:
             gene_png = core.gene_map(result, gene)
-            uncertainty_png = core.uncertainty_map(result, gene)
+            neighbour_spread_png = core.neighbour_spread_map(result, gene)
         except Exception as exc:
             logger.exception("demo app: drawing %s failed", gene)
             raise gr.Error(core.user_message(exc)) from None
-        return str(gene_png), gr.update(value=str(uncertainty_png) if uncertainty_png else None,
-                                        visible=uncertainty_png is not None)
+        return str(gene_png), gr.update(value=str(neighbour_spread_png) if neighbour_spread_png else None,
+                                        visible=neighbour_spread_png is not None)
 
     def spots_inputs(mode):
         tile = mode == core.SPOTS_TILE
@@ -142,8 +142,8 @@ def build_app(model: str | None = None, device: str | None = None):
                 gene_img = gr.Image(label="Gene map", type="filepath", elem_id="gene-map",
                                     interactive=False)
                 with gr.Row():
-                    uncertainty_img = gr.Image(label="Uncertainty", type="filepath",
-                                               elem_id="uncertainty-map", interactive=False,
+                    neighbour_spread_img = gr.Image(label="Neighbour spread", type="filepath",
+                                               elem_id="neighbour_spread-map", interactive=False,
                                                visible=False, height=MAP_HEIGHT)
                     domains_img = gr.Image(label="Spatial domains", type="filepath",
                                            elem_id="domains-map", interactive=False,
@@ -151,9 +151,9 @@ def build_app(model: str | None = None, device: str | None = None):
         spots_mode.change(spots_inputs, spots_mode, [spots, tile_pitch])
         run_button.click(
             run, [model_box, image, spots_mode, spots, n_clusters, tile_pitch],
-            [status, state, gene, gene_img, uncertainty_img, domains_img, download],
+            [status, state, gene, gene_img, neighbour_spread_img, domains_img, download],
         )
-        gene.input(show_gene, [state, gene], [gene_img, uncertainty_img])
+        gene.input(show_gene, [state, gene], [gene_img, neighbour_spread_img])
     return demo
 
 

@@ -22,7 +22,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "serve the demo web app (Gradio): upload a slide, see gene maps and domains", """
         Starts the demo app of app.py (the Hugging Face Spaces entry point) on HOST:PORT:
         choose a checkpoint (folder or Hub id), upload an H&E image and a spots CSV (or
-        tile the tissue), run, browse gene maps (and uncertainty when the model gives it),
+        tile the tissue), run, browse gene maps (and neighbour_spread when the model gives it),
         spatial domains (PCA -> k-means) and download the prediction (.h5ad). Needs the
         `app` extra: pip install 'mclstexp-hub[app]'.""")
     p.add_argument("--model", default=None,

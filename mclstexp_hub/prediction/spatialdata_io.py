@@ -8,7 +8,7 @@ The store holds, for library ``LIB`` (``uns["spatial"]``'s key, made a valid ele
   stays in its own file, named in the table's provenance);
 * ``shapes/LIB_spots`` — one circle per spot at ``obsm["spatial"]``, radius
   ``spot_diameter_fullres / 2`` (full-resolution pixels, identity to ``global``);
-* ``tables/table`` — the predictions (``X``), ``layers["observed"]`` / ``layers["uncertainty"]``
+* ``tables/table`` — the predictions (``X``), ``layers["observed"]`` / ``layers["neighbour_spread"]``
   when present, ``obs``/``var`` as in the .h5ad, annotating the shapes through
   ``obs["region"]`` (= ``LIB_spots``) and ``obs["instance_id"]`` (= the circle's index).
 

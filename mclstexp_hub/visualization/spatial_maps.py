@@ -16,7 +16,7 @@ import numpy as np
 from mclstexp_hub.prediction.io import save_figure_atomic
 
 OBSERVED_LAYER = "observed"
-UNCERTAINTY_LAYER = "uncertainty"
+UNCERTAINTY_LAYER = "neighbour_spread"
 
 
 def _pyplot():
@@ -84,7 +84,7 @@ def _gene_column(adata, gene: str, layer: str | None = None) -> np.ndarray:
 def plot_gene_map(adata, gene: str, path: str | Path, units: str | None = None) -> Path:
     """One PNG: the predicted expression of `gene` over the H&E thumbnail; with
     `layers["observed"]`, predicted and observed side by side with Pearson r in the title;
-    with `layers["uncertainty"]` (the retrieved neighbours' weighted spread of this gene), a
+    with `layers["neighbour_spread"]` (the retrieved neighbours' weighted spread of this gene), a
     panel of it next to the prediction, on its own colour scale."""
     plt = _pyplot()
     image, xy, diameter = spatial_frame(adata)

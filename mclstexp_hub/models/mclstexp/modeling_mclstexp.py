@@ -71,8 +71,8 @@ class MclSTExpPrediction(ModelOutput):
     image_embeds: torch.FloatTensor | None = None  # (N, projection_dim)
     # Weighted standard deviation of the k neighbours' expression (retrieval weights), per
     # gene (N, n_genes), and its mean over genes per spot (N,): how much the neighbours agree.
-    uncertainty: torch.FloatTensor | None = None
-    spot_uncertainty: torch.FloatTensor | None = None
+    neighbour_spread: torch.FloatTensor | None = None
+    spot_neighbour_spread: torch.FloatTensor | None = None
 
 
 class MclSTExpProjectionHead(nn.Module):
@@ -513,15 +513,15 @@ class MclSTExpModel(MclSTExpPreTrainedModel):
             searcher = self.spot_searcher
         expression, indices, weights, spread = self.spot_bank.retrieve(
             queries, k, distance, weighting, chunk_size=chunk_size, searcher=searcher,
-            return_uncertainty=True,
+            return_neighbour_spread=True,
         )
         return MclSTExpPrediction(
             expression=expression,
             neighbour_indices=indices,
             neighbour_weights=weights,
             image_embeds=queries,
-            uncertainty=spread,
-            spot_uncertainty=spread.mean(dim=1) if spread.shape[1] else spread.sum(dim=1),
+            neighbour_spread=spread,
+            spot_neighbour_spread=spread.mean(dim=1) if spread.shape[1] else spread.sum(dim=1),
         )
 
     # ------------------------------------------------------------ persistence

@@ -140,12 +140,12 @@ def build_prediction_anndata(
     library_id: str,
     provenance: dict[str, Any],
     image_metadata: dict[str, Any] | None = None,
-    uncertainty: np.ndarray | None = None,
+    neighbour_spread: np.ndarray | None = None,
 ):
     """Predicted expression as AnnData that `scanpy.pl.spatial` draws unchanged.
 
-    `uncertainty` (n_spots, n_genes), the neighbours' weighted spread, goes to
-    `layers["uncertainty"]` and its mean over genes to `obs["uncertainty"]`.
+    `neighbour_spread` (n_spots, n_genes), the neighbours' weighted spread, goes to
+    `layers["neighbour_spread"]` and its mean over genes to `obs["neighbour_spread"]`.
     """
     import anndata as ad
     import pandas as pd
@@ -160,12 +160,12 @@ def build_prediction_anndata(
         obs=obs,
         var=pd.DataFrame(index=pd.Index([str(g) for g in gene_names])),
     )
-    if uncertainty is not None:
-        spread = np.ascontiguousarray(uncertainty, dtype=np.float32)
+    if neighbour_spread is not None:
+        spread = np.ascontiguousarray(neighbour_spread, dtype=np.float32)
         if spread.shape != adata.shape:
-            raise ValueError(f"uncertainty has shape {spread.shape}; expected {adata.shape}.")
-        adata.layers["uncertainty"] = spread
-        adata.obs["uncertainty"] = spread.mean(axis=1) if spread.shape[1] else 0.0
+            raise ValueError(f"neighbour_spread has shape {spread.shape}; expected {adata.shape}.")
+        adata.layers["neighbour_spread"] = spread
+        adata.obs["neighbour_spread"] = spread.mean(axis=1) if spread.shape[1] else 0.0
     adata.obsm["spatial"] = obs[["pixel_x", "pixel_y"]].to_numpy(dtype=np.float64)
     adata.uns["spatial"] = {
         library_id: {
@@ -350,7 +350,7 @@ class MclSTExpPipeline(Pipeline):
             "neighbour_indices": pred.neighbour_indices,
             "neighbour_weights": pred.neighbour_weights,
             "image_embeds": pred.image_embeds,
-            "uncertainty": pred.uncertainty,
+            "neighbour_spread": pred.neighbour_spread,
         }
 
     def postprocess(self, model_outputs: dict[str, Any], top_n: int | None = None,
@@ -458,7 +458,7 @@ class MclSTExpPipeline(Pipeline):
                         image_embeds=embeds, k=k, distance=distance, weighting=weighting
                     )
                     out[start : start + n] = pred.expression.float().numpy()
-                    spread[start : start + n] = pred.uncertainty.float().numpy()
+                    spread[start : start + n] = pred.neighbour_spread.float().numpy()
                     if bar is not None:
                         bar.update(n)
         finally:
@@ -515,7 +515,7 @@ class MclSTExpPipeline(Pipeline):
             record,
             image_metadata={"source_image": str(reader.path or ""), "width": reader.width,
                             "height": reader.height},
-            uncertainty=spread,
+            neighbour_spread=spread,
         )
 
 

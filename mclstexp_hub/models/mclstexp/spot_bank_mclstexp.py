@@ -204,11 +204,11 @@ class SpotBank:
         chunk_size: int = 65536,
         searcher: Any = None,
         indices: torch.Tensor | None = None,
-        return_uncertainty: bool = False,
+        return_neighbour_spread: bool = False,
     ) -> tuple[torch.Tensor, ...]:
         """The one retrieval loop: (expression (Q, G), neighbour indices (Q, k), weights (Q, k)).
 
-        With `return_uncertainty` a 4th value follows: the weighted standard deviation (Q, G)
+        With `return_neighbour_spread` a 4th value follows: the weighted standard deviation (Q, G)
         of the k neighbours' expression around the prediction, with the retrieval weights
         (sqrt(sum_k w_k (x_kg - pred_g)^2)); exactly zero when all neighbours agree. It is computed in
         the same query blocks, from the same gathered neighbour expression.
@@ -245,7 +245,7 @@ class SpotBank:
             neighbours = self.expression[idx]  # (q, k, G)
             mean = torch.einsum("qk,qkg->qg", w, neighbours)
             expression_blocks.append(mean)
-            if return_uncertainty:
+            if return_neighbour_spread:
                 # Shifted by the first neighbour (exactly 0 when all neighbours agree, which a
                 # weighted mean with float weights summing to 1 ± eps is not).
                 shifted = neighbours - neighbours[:, :1, :]  # new tensor; the bank is untouched
@@ -255,9 +255,9 @@ class SpotBank:
         if not weight_blocks:
             empty = torch.empty(0, indices.shape[1] if indices.ndim == 2 else k)
             out = (torch.empty(0, self.n_genes), indices.reshape(0, empty.shape[1]), empty)
-            return (*out, torch.empty(0, self.n_genes)) if return_uncertainty else out
+            return (*out, torch.empty(0, self.n_genes)) if return_neighbour_spread else out
         out = (torch.cat(expression_blocks), indices, torch.cat(weight_blocks))
-        return (*out, torch.cat(spread_blocks)) if return_uncertainty else out
+        return (*out, torch.cat(spread_blocks)) if return_neighbour_spread else out
 
     def predict(
         self,
