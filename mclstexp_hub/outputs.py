@@ -157,9 +157,34 @@ def check_output(
     return path
 
 
+def replace_folder(new: Path, target: Path) -> Path:
+    """Rename the complete folder `new` onto `target` — the one publish step of folder outputs.
+
+    An old `target` (already checked replaceable by `check_output`) is moved aside first and
+    deleted only after the rename, so readers see the old or the new output, never a mix.
+    `new` gets normal permissions (mkdtemp makes 0700).
+    """
+    import shutil
+    import tempfile
+
+    new, target = Path(new), Path(target)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(new, 0o777 & ~umask)
+    if target.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
+        os.replace(target, old / "old")
+        os.replace(new, target)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(new, target)
+    return target
+
+
 __all__ = [
     "ZARR_FORMAT_MARKER",
     "OutputRefused",
+    "replace_folder",
     "check_not_an_input",
     "check_output",
     "is_benchmark_folder",

@@ -50,7 +50,8 @@ def _build(args: argparse.Namespace) -> int:
     dataset_dir = os.path.abspath(source_arg) if os.path.exists(source_arg) else None
     if dataset_dir and os.path.abspath(out).startswith(dataset_dir + os.sep):
         raise OutputRefused(
-            f"--out {args.out} lies inside the input {source_arg}; write the bank "
+            f"--out {args.out} lies inside the input "
+            f"{'dataset' if args.dataset is not None else 'data'} {source_arg}; write the bank "
             "elsewhere (e.g. CHECKPOINT/spot_bank.safetensors)."
         )
     checkpoint_files = [os.path.join(args.checkpoint, name) for name in

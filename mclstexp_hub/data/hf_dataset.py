@@ -35,7 +35,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image as PILImage
 
-from ..outputs import check_output, is_dataset_folder
+from ..outputs import check_output, is_dataset_folder, replace_folder
 from .errors import DataError, preview
 from .patches import iter_patches, window_size
 from ..models.mclstexp.slide_io_mclstexp import CROP_CONVENTION, PAD_VALUE, open_slide
@@ -276,9 +276,6 @@ def build_patch_dataset(
     schema = patch_features(len(genes)).arrow_schema
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes 0700; give the result normal permissions
     bar = None
     try:
         shard_dir = tmp / "data" / dataset_name
@@ -350,13 +347,7 @@ def build_patch_dataset(
         (tmp / METADATA_FILE).write_text(json.dumps(meta, indent=2, ensure_ascii=False) + "\n")
         (tmp / GENES_FILE).write_text("\n".join(genes) + "\n")
         (tmp / "README.md").write_text(_card(meta), encoding="utf-8")
-        if out_dir.exists():  # overwrite: swap in, then drop the old copy
-            old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=out_dir.parent))
-            os.replace(out_dir, old / "old")
-            os.replace(tmp, out_dir)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out_dir)
+        replace_folder(tmp, out_dir)  # overwrite: swap in, then drop the old copy
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -9,7 +9,6 @@ provenance, atomic writing and pictures.
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 import tempfile
 from collections.abc import Sequence
@@ -20,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from ..models.mclstexp.pipeline_mclstexp import TASK, MclSTExpPipeline
-from ..outputs import check_output
+from ..outputs import check_output, replace_folder
 from .io import check_output_path, write_h5ad_atomic
 
 logger = logging.getLogger(__name__)
@@ -266,7 +265,7 @@ def predict_to_h5ad(
         plots: list[Path] = []
         if staged is not None and maps_dir is not None:
             try:
-                _replace_folder(staged, maps_dir)
+                replace_folder(staged, maps_dir)
             except BaseException:
                 if path.is_dir():  # a .zarr store
                     shutil.rmtree(path, ignore_errors=True)
@@ -284,20 +283,6 @@ def predict_to_h5ad(
 def _is_maps_folder(path: Path) -> bool:
     """A folder of gene-map PNGs written by `mclstexp predict --plot` (nothing else in it)."""
     return path.is_dir() and all(p.is_file() and p.suffix == ".png" for p in path.iterdir())
-
-
-def _replace_folder(new: Path, target: Path) -> None:
-    """Rename `new` onto `target`, replacing an old `target` only once `new` is complete."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(new, 0o777 & ~umask)
-    if target.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
-        os.replace(target, old / "old")
-        os.replace(new, target)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(new, target)
 
 
 __all__ = [

@@ -21,7 +21,6 @@ and an optional extra: ``pip install 'mclstexp-hub[spatialdata]'``).
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import tempfile
@@ -32,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from ..outputs import ZARR_FORMAT_MARKER, check_output, is_prediction_zarr
+from ..outputs import ZARR_FORMAT_MARKER, check_output, is_prediction_zarr, replace_folder
 
 SUFFIX = ".zarr"
 TABLE_NAME = "table"
@@ -144,13 +143,7 @@ def write_spatialdata_atomic(adata, path: str | Path, overwrite: bool = False,
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*autosharding.*")
             sdata.write(staged)
-        if path.exists():  # --overwrite (checked ours above): swap in, then drop the old one
-            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old-", dir=path.parent))
-            os.replace(path, old / "old")
-            os.replace(staged, path)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(staged, path)
+        replace_folder(staged, path)  # --overwrite was checked to be ours above
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return path

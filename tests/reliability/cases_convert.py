@@ -6,7 +6,6 @@ The authors'-format checkpoint is the small one of tests/test_conversion.py (res
 
 from __future__ import annotations
 
-import pickle
 import shutil
 import tempfile
 from functools import lru_cache

@@ -392,7 +392,6 @@ class MclSTExpPipeline(Pipeline):
         if unused:
             raise TypeError(f"predict_slide got unknown option(s) {sorted(unused)}.")
         config = self.model.config
-        bank = self.model.spot_bank
         k = self._check_k(int(k if k is not None else config.retrieval_k))
         distance = distance or config.retrieval_distance
         weighting = weighting or config.retrieval_weighting
