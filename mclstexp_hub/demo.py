@@ -34,7 +34,8 @@ REAL_DATA_COMMANDS = """\
 # The same flow on real HER2+ data (../shared/data/her2st, or data/ of a clone of
 # github.com/almaan/her2st) — 224 px patches, the paper's 785-gene panel:
 mclstexp data build her2st --data-dir ../shared/data/her2st --out her2st_ds \\
-    --sections B4 C2 C3 C4 --genes ../shared/data/gene_lists/her2st_785.txt
+    --sections B4 C2 C3 C4 --genes ../shared/data/gene_lists/her2st_785.txt \\
+    --allow-dropped-spots  # C3 lists 2 spots without a counts row (the authors drop them too)
 mclstexp train --dataset her2st_ds --config her2st --train-sections C2 C3 C4 \\
     --profile cpu --out her2st_ckpt
 mclstexp predict --model her2st_ckpt \\
