@@ -52,6 +52,15 @@ def make_slide(path: Path, side: int) -> Path:
     return write_pyramidal_tiff(path, tiled_canvas(tile, side, side))
 
 
+def prepare(folder: Path, spots: int, pitch: int, encoder: str) -> None:
+    """Write the slide and the checkpoint (run in its own child: the 2 GiB canvas must not
+    inflate the process that later spawns the measured prediction)."""
+    side = int(math.ceil(math.sqrt(spots / 0.56) * pitch))  # 56 % of grid points pass (measured)
+    make_slide(folder / "slide.tif", side)
+    make_checkpoint(folder / "ckpt", 785, 834, encoder)
+    (folder / "side.txt").write_text(str(side))
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -60,39 +69,46 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--encoder", default="densenet121")
     ap.add_argument("--precision", default="auto")
     ap.add_argument("--json", default=None, help="write the result row here")
+    ap.add_argument("--prepare", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
-    # ≈ 70 % of grid points of the repeated synthetic tissue pass the tissue test (measured)
-    side = int(math.ceil(math.sqrt(args.spots / 0.7) * args.pitch))
+    if args.prepare:
+        prepare(Path(args.prepare), args.spots, args.pitch, args.encoder)
+        return 0
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from _measure import run_measured
+
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         t0 = time.perf_counter()
-        slide = make_slide(tmp / "slide.tif", side)
-        ckpt = make_checkpoint(tmp / "ckpt", 785, 834, args.encoder)
+        subprocess.run([sys.executable, __file__, "--prepare", str(tmp), "--spots",
+                        str(args.spots), "--pitch", str(args.pitch), "--encoder", args.encoder],
+                       check=True)
         setup_s = time.perf_counter() - t0
-        out = tmp / "pred.h5ad"
+        side = int((tmp / "side.txt").read_text())
+        slide, ckpt, out = tmp / "slide.tif", tmp / "ckpt", tmp / "pred.h5ad"
         cmd = [sys.executable, "-m", "mclstexp_hub.cli", "predict", "--model", str(ckpt),
                "--image", str(slide), "--tile", "--tile-pitch", str(args.pitch),
                "--min-tissue-fraction", "0.01", "--out", str(out), "--quiet", "--device", "cpu",
                "--precision", args.precision]
-        t1 = time.perf_counter()
-        proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
-        wall = time.perf_counter() - t1
-        peak_mib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-        if proc.returncode != 0:
-            print(proc.stderr[-3000:], file=sys.stderr)
-            return proc.returncode
+        parent_rss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        run = run_measured(cmd)  # the prediction child's own peak RSS (wait4)
+        if run.returncode != 0:
+            print(run.stderr[-3000:], file=sys.stderr)
+            return run.returncode
         import anndata as ad
 
         adata = ad.read_h5ad(out, backed="r")
         row = {"spots": int(adata.n_obs), "slide_px": side, "raw_rgb_gib": side * side * 3 / 2**30,
                "slide_file_mib": slide.stat().st_size / 2**20, "encoder": args.encoder,
                "precision": str(adata.uns["mclstexp"].get("precision")),
-               "peak_rss_gib": peak_mib / 1024, "wall_s": wall, "spots_per_s": adata.n_obs / wall,
-               "setup_s": setup_s, "load_avg": os.getloadavg()}
+               "peak_rss_gib": run.peak_rss_gib, "wall_s": run.wall_s,
+               "spots_per_s": adata.n_obs / run.wall_s, "setup_s": setup_s,
+               "parent_peak_rss_mib_at_spawn": parent_rss_mib,
+               "load_avg_before_after": [run.load_before, run.load_after]}
     print(json.dumps(row, indent=2))
     print(f"{row['spots']} spots on a {side}x{side} px pyramidal slide "
           f"({row['raw_rgb_gib']:.2f} GiB raw RGB): peak RSS {row['peak_rss_gib']:.2f} GiB "
-          f"(bound 3 GiB), {wall:.0f} s, {row['spots_per_s']:.1f} spots/s")
+          f"(bound 3 GiB), {row['wall_s']:.0f} s, {row['spots_per_s']:.1f} spots/s")
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(row, indent=2) + "\n")
