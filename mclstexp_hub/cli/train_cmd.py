@@ -69,7 +69,7 @@ def _train(args: argparse.Namespace) -> int:
         raise ValueError("--train-sections: give at least one section.")
     dataset = load_st_dataset(args.dataset, config=args.config, sections=sections)
     overrides = {}
-    if args.image_encoder:
+    if args.image_encoder is not None:  # an explicit value (even "") is used or refused
         overrides["image_encoder"] = args.image_encoder
     if args.max_position is not None:
         overrides["max_position"] = args.max_position

@@ -304,25 +304,23 @@ def decode_flat_image(path: str | Path) -> np.ndarray:
         raise ValueError(f"{path}: the image file is empty (0 bytes); re-export or re-download it.")
     cap = max_image_pixels()
     old_limit, old_truncated = Image.MAX_IMAGE_PIXELS, ImageFile.LOAD_TRUNCATED_IMAGES
-    Image.MAX_IMAGE_PIXELS = None  # our own cap below replaces PIL's warning-only guard
+    # PIL's own guard raised to our cap (it warns above it and refuses above twice it), so a
+    # bound holds even before our header check below, which refuses anything above the cap.
+    Image.MAX_IMAGE_PIXELS = cap
     ImageFile.LOAD_TRUNCATED_IMAGES = False  # truncated data must fail, not decode as black
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(path) as img:
-                n_pixels = int(img.width) * int(img.height)
-                if n_pixels > cap:
-                    raise _TooLarge(
-                        f"{path}: {img.width}x{img.height} = {n_pixels:,} pixels exceeds the "
-                        f"flat-image decode limit of {cap:,} pixels. Convert it to a pyramidal "
-                        "TIFF (read region by region, e.g. `vips tiffsave in.jpg out.tif --tile "
-                        f"--pyramid`), or raise the limit with {MAX_PIXELS_ENV}=N."
-                    )
+                if int(img.width) * int(img.height) > cap:
+                    raise _TooLarge(_too_large(path, f"{img.width}x{img.height}", cap))
                 img.load()  # full decode: truncated files fail here, not mid-build
                 array = to_rgb8(img, str(path))
     except _TooLarge as exc:
         raise ValueError(str(exc)) from None
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+    except Image.DecompressionBombError:  # PIL's guard (at twice the cap) fired first
+        raise ValueError(_too_large(path, "its declared size", cap)) from None
+    except (OSError, SyntaxError, ValueError) as exc:
         if isinstance(exc, ValueError) and str(exc).startswith(str(path)):
             raise
         raise ValueError(
@@ -337,6 +335,14 @@ def decode_flat_image(path: str | Path) -> np.ndarray:
 
 class _TooLarge(Exception):
     pass
+
+
+def _too_large(path: Path, size: str, cap: int) -> str:
+    return (
+        f"{path}: {size} exceeds the flat-image decode limit of {cap:,} pixels. Convert it to "
+        "a pyramidal TIFF (read region by region, e.g. `vips tiffsave in.jpg out.tif --tile "
+        f"--pyramid`), or raise the limit with {MAX_PIXELS_ENV}=N."
+    )
 
 
 def _is_pyramidal_tiff(path: Path) -> bool:
