@@ -70,7 +70,10 @@ PARTS = ("tower", "predict", "large", "train", "frozen")
 REF_ARGS = dict(encoder_name="densenet121", spot_dim=785, temperature=1.0, image_dim=1024,
                 projection_dim=256, heads_num=8, heads_dim=64, head_layers=2, dropout=0.0)
 # peak RSS of a batch-128 training step seen on this machine (GiB), to refuse what cannot fit
-TRAIN_GIB_AT_128 = {"theirs": 21.5, "ours_fp32": 19.5, "ours_bf16_cl": 10.0, "ours_bf16_cl_gc": 6.0}
+TRAIN_GIB_AT_128 = {"theirs": 21.5, "ours_fp32": 19.5, "ours_fp32_cl": 19.5, "ours_fp32_cl_gc": 6.0,
+                    "ours_bf16_cl": 10.0, "ours_bf16_cl_gc": 6.0}
+# bf16 variants only where the CPU computes bf16 natively (elsewhere it is emulated, see --precision)
+BF16_TRAIN_VARIANTS = ("ours_bf16_cl", "ours_bf16_cl_gc")
 
 # ---------------------------------------------------------------- the authors' side (driver)
 REFERENCE_DRIVER = r'''
@@ -277,6 +280,12 @@ def grid_centres(xs, ys, n_target: int, margin: int = 112):
     return np.stack([xx.ravel(), yy.ravel()], axis=1), pitch
 
 
+def _native_bf16() -> bool:
+    from mclstexp_hub.models.mclstexp.precision_mclstexp import cpu_has_native_bf16
+
+    return cpu_has_native_bf16()
+
+
 def fit_batch(need_gib_at_128: float, batch: int, available_gib: float | None,
               headroom_gib: float = 1.5) -> int:
     """Largest power-of-two batch <= `batch` whose estimated peak fits in available memory."""
@@ -374,9 +383,9 @@ def child_tower(spec: dict) -> dict:
 
     torch.manual_seed(0)
     model = MclSTExpModel(_our_config()).eval()
-    fast = spec["variant"] == "bf16_cl"
+    fast = spec["variant"].startswith("bf16")
     x = torch.rand(spec["batch"], 3, 224, 224)
-    if fast:
+    if "_cl" in spec["variant"]:
         model.image_encoder.to(memory_format=torch.channels_last)
         x = x.contiguous(memory_format=torch.channels_last)
     ctx = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if fast else contextlib.nullcontext
@@ -399,7 +408,8 @@ def child_train(spec: dict) -> dict:
     torch.manual_seed(0)
     model = MclSTExpModel(_our_config()).train()
     bf16 = spec["variant"].startswith("bf16")
-    if bf16:
+    channels_last = "_cl" in spec["variant"]
+    if channels_last:
         model.image_encoder.to(memory_format=torch.channels_last)
     if spec["variant"].endswith("gc"):
         model.gradient_checkpointing_enable()
@@ -409,7 +419,7 @@ def child_train(spec: dict) -> dict:
 
     def batch(n):
         x = torch.rand(n, 3, 224, 224, generator=g)
-        if bf16:
+        if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         return x, torch.rand(n, 785, generator=g) * 3, torch.randint(0, 64, (n, 2), generator=g)
 
@@ -714,13 +724,17 @@ def main(argv: list[str] | None = None) -> int:
         for rep in range(args.repeats):
             spec = {"batch": 32, "batches": args.tower_batches}
             bench.run("tower", "theirs", bench._theirs_cmd({"mode": "tower", **spec}), {"repeat": rep})
-            for variant in ("fp32", "bf16_cl"):
+            for variant in ("fp32", "fp32_cl", "bf16_cl"):
                 bench.run("tower", f"ours_{variant}", bench._ours_cmd("tower", {**spec, "variant": variant}),
                           {"repeat": rep})
     if "predict" in parts:
         predict_round("predict", args.section, args.repeats)
     if "train" in parts:
         variants = ["theirs", "ours_fp32"] if args.quick else list(TRAIN_GIB_AT_128)
+        if not args.quick and not _native_bf16():
+            variants = [v for v in variants if v not in BF16_TRAIN_VARIANTS]
+            print("  train    this CPU has no native bf16 (--precision auto = fp32): bf16 training "
+                  "variants skipped", flush=True)
         for rep in range(args.heavy_repeats):
             for name in variants:
                 batch = fit_batch(TRAIN_GIB_AT_128[name], args.train_batch, mem_available_gib())

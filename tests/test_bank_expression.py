@@ -62,3 +62,24 @@ def test_cli_expression_bank_and_evaluate_refuses_overlap(synthetic, tmp_path, c
     assert main(["bank", "build", str(ckpt), "--expression", str(synthetic.data_dir),
                  "--quiet"]) == 2
     assert "--kind" in capsys.readouterr().err
+
+
+def test_bank_precision_is_used_and_recorded(synthetic, model, tmp_path, capsys):
+    """`bank build --precision bf16` embeds in bf16 (stored fp32); fp32 is the exact path."""
+    dataset = load_st_dataset(synthetic.dataset)
+    exact = build_bank_from_dataset(model, dataset, progress=False,
+                                    dataset_metadata=synthetic.metadata, attach=False)
+    half = build_bank_from_dataset(model, dataset, progress=False, precision="bf16",
+                                   dataset_metadata=synthetic.metadata, attach=False)
+    assert exact.metadata["precision"] == "fp32" and half.metadata["precision"] == "bf16"
+    assert half.embeddings.dtype == torch.float32
+    assert not torch.equal(half.embeddings, exact.embeddings)  # bf16 was really used
+    cosine = torch.nn.functional.cosine_similarity(half.embeddings, exact.embeddings, dim=1)
+    assert float(cosine.min()) > 0.99
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(synthetic.checkpoint_without_bank, ckpt)
+    assert main(["bank", "build", str(ckpt), "--dataset", str(synthetic.dataset),
+                 "--precision", "fp32", "--quiet"]) == 0, capsys.readouterr().err
+    saved = SpotBank.load(ckpt / "spot_bank.safetensors")
+    assert saved.metadata["precision"] == "fp32"
+    torch.testing.assert_close(saved.embeddings, exact.embeddings)

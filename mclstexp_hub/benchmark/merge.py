@@ -23,6 +23,7 @@ from mclstexp_hub.evaluation.metrics import average_metrics
 from mclstexp_hub.evaluation.plots import plot_r_distribution
 from mclstexp_hub.evaluation.report import write_csv, write_json, write_text_atomic
 
+from .methods import list_methods
 from .summary import summary_frame, summary_markdown
 
 _SCALARS = ("pcc_acg", "pcc_heg", "pcc_hvg", "mse", "mae")
@@ -51,7 +52,7 @@ def merge_folds(results_dir: str | Path, note: str | None = None) -> dict[str, A
     # Methods are those scored on disk (a later `--methods X` run may have refreshed one),
     # in the runner's order.
     on_disk = {f.name[: -len("_metrics.json")] for d in fold_dirs for f in d.glob("*_metrics.json")}
-    order = ["mclstexp", "bleep_ablation", "topk_mean_frozen", "hest_ridge_probe"]
+    order = list_methods()  # the registry's order (benchmark/methods.py)
     methods = [m for m in order if m in on_disk] + sorted(on_disk - set(order))
     per_fold: dict[str, list] = {m: [] for m in methods}
     sections: dict[str, list] = {m: [] for m in methods}

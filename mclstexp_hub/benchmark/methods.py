@@ -74,6 +74,9 @@ class Method:
     label: Callable[[MethodSettings], str]
     describe: Callable[[MethodSettings], str]
     keeps_checkpoint: bool = False  # its trained checkpoint is worth keeping (first fold)
+    # whether the method adds anything under these settings (e.g. a frozen-encoder ablation
+    # of a profile whose encoder is already frozen would repeat `mclstexp`)
+    applies: Callable[[MethodSettings], bool] = lambda settings: True
 
 
 _METHODS: dict[str, Method] = {}
@@ -85,6 +88,7 @@ def register_method(
     label: Callable[[MethodSettings], str],
     describe: Callable[[MethodSettings], str],
     keeps_checkpoint: bool = False,
+    applies: Callable[[MethodSettings], bool] | None = None,
 ) -> Callable[[Callable[[FoldContext], MethodOutput]], Callable[[FoldContext], MethodOutput]]:
     """Decorator: register `run(ctx) -> MethodOutput` as benchmark method `name`."""
 
@@ -92,7 +96,8 @@ def register_method(
         if name in _METHODS:
             raise ValueError(f"benchmark method {name!r} is registered twice.")
         _METHODS[name] = Method(name=name, run=run, label=label, describe=describe,
-                                keeps_checkpoint=keeps_checkpoint)
+                                keeps_checkpoint=keeps_checkpoint,
+                                applies=applies or (lambda settings: True))
         return run
 
     return decorator
@@ -114,33 +119,36 @@ def get_method(name: str) -> Method:
 
 
 # ----------------------------------------------------------------------------- methods
-def _train_and_retrieve(ctx: FoldContext, extra_overrides: dict[str, Any]) -> MethodOutput:
+def _train_and_retrieve(ctx: FoldContext, extra_overrides: dict[str, Any],
+                        profile: Any = None) -> MethodOutput:
     """Train on the fold's training spots, then predict the held-out ones from the bank.
 
     The trained model is used in memory (the object `train_model` returns). With a frozen
-    encoder, training gets the very encoder state that produced the cached features, so the
-    cached clean features of the held-out spots are the model's own image features.
+    encoder of the run's profile, training gets the very encoder state that produced the shared
+    cached features, so the cached clean features of the held-out spots are the model's own
+    image features. A different `profile` (an ablation) computes its own features instead.
     """
     import torch
 
     from mclstexp_hub.training.features import compute_image_features
     from mclstexp_hub.training.trainer import train_model
 
-    prof = ctx.profile
+    prof = profile or ctx.profile
+    shared = profile is None and prof.freeze_image_encoder  # the store's features are its own
     frozen = prof.freeze_image_encoder
     cached = (ctx.features.training_views(ctx.train_rows, prof.include_clean_view)
-              if frozen and prof.n_feature_views > 0 else None)
+              if shared and prof.n_feature_views > 0 else None)
     # The feature store already calibrated BatchNorm; training must not re-estimate it.
-    run_prof = prof.replace(recalibrate_batchnorm=False) if frozen else prof
+    run_prof = prof.replace(recalibrate_batchnorm=False) if shared else prof
     result = train_model(
         ctx.dataset.select(ctx.train_rows.tolist()), ctx.gene_names, ctx.checkpoint_dir,
         config_overrides={**ctx.config_overrides, **extra_overrides}, profile=run_prof,
         dataset_preset=ctx.dataset_preset, cached_features=cached, seed=ctx.seed,
-        pretrained_encoder=ctx.encoder_state if frozen else ctx.pretrained_encoder,
+        pretrained_encoder=ctx.encoder_state if shared else ctx.pretrained_encoder,
         dataset_metadata=ctx.metadata, progress=ctx.progress,
     )
     model = result.model.eval()
-    if frozen:
+    if shared:
         query_feats = ctx.features.clean[ctx.test_rows]
     else:
         query_feats = compute_image_features(
@@ -155,8 +163,21 @@ def _train_and_retrieve(ctx: FoldContext, extra_overrides: dict[str, Any]) -> Me
     return MethodOutput(
         prediction=prediction.expression.numpy(),
         details={"k": k, "train_spots": result.train_spots, "train_seconds": result.seconds,
-                 "final_loss": final_loss, "checkpoint": ctx.checkpoint_dir},
+                 "final_loss": final_loss, "checkpoint": ctx.checkpoint_dir,
+                 "frozen_encoder": frozen, "image_encoder": model.config.image_encoder,
+                 "encoder_input_size": model.config.encoder_input_size},
     )
+
+
+def frozen_ablation_profile(profile: Any) -> Any:
+    """`profile` with its encoder frozen: the cpu profile's frozen recipe (cached clean + augmented
+    views, heads and spot tower trained) on the same encoder, input size, augmentation and seed."""
+    from mclstexp_hub.training.profiles import get_profile
+
+    return get_profile("cpu").replace(
+        name=f"{profile.name}-frozen", image_encoder=profile.image_encoder,
+        encoder_input_size=profile.encoder_input_size, augmentation=profile.augmentation,
+        seed=profile.seed, channels_last=profile.channels_last)
 
 
 @register_method(
@@ -171,6 +192,21 @@ def _train_and_retrieve(ctx: FoldContext, extra_overrides: dict[str, Any]) -> Me
 )
 def mclstexp(ctx: FoldContext) -> MethodOutput:
     return _train_and_retrieve(ctx, {})
+
+
+@register_method(
+    "frozen_encoder_ablation",
+    label=lambda s: "same, encoder frozen",
+    describe=lambda s: (
+        f"the `{s.profile.name}` profile's own encoder ({s.profile.image_encoder or 'config default'}"
+        f", input {s.profile.encoder_input_size or 'as cut'} px, same seed) kept at its random "
+        "init: cached features of 1 clean + 2 augmented views, spot tower + heads trained with "
+        "the `cpu` profile's schedule; same retrieval. Isolates what learning the tower adds"
+    ),
+    applies=lambda s: not s.profile.freeze_image_encoder,
+)
+def frozen_encoder_ablation(ctx: FoldContext) -> MethodOutput:
+    return _train_and_retrieve(ctx, {}, profile=frozen_ablation_profile(ctx.profile))
 
 
 def _bleep_description(settings: MethodSettings) -> str:
@@ -226,5 +262,24 @@ def hest_ridge_probe(ctx: FoldContext) -> MethodOutput:
     return MethodOutput(prediction=prediction, details=info)
 
 
-__all__ = ["FoldContext", "Method", "MethodOutput", "MethodSettings", "get_method",
+@register_method(
+    "ridge_cv_probe", label=lambda s: "ridge probe, CV alpha",
+    describe=lambda s: (
+        "StandardScaler + PCA(256) + ridge on frozen pooled encoder features, alpha chosen by "
+        "leave-one-training-section-out CV inside the training sections (grid 0.1-1e5, mean "
+        "per-gene r); the strongest linear probe"
+    ),
+)
+def ridge_cv_probe(ctx: FoldContext) -> MethodOutput:
+    from .baselines import ridge_probe_predict
+
+    prediction, info = ridge_probe_predict(
+        ctx.features.clean[ctx.train_rows], ctx.expression[ctx.train_rows],
+        ctx.features.clean[ctx.test_rows], seed=ctx.seed, alpha="cv",
+        groups=ctx.spot_sections[ctx.train_rows],
+    )
+    return MethodOutput(prediction=prediction, details=info)
+
+
+__all__ = ["FoldContext", "frozen_ablation_profile", "Method", "MethodOutput", "MethodSettings", "get_method",
            "list_methods", "register_method"]

@@ -126,7 +126,14 @@ def profile_description(prof, paper_prof, bn_calibration: str, image_encoder: st
             f"{views}; only the spot tower and both projection heads are trained"
         )
     else:
-        parts.append(f"end-to-end training of the image encoder ({encoder}) as in the paper")
+        own = prof.image_encoder or image_encoder.split(" ")[0]
+        size = (f" at {prof.encoder_input_size} px (patches resampled from the cut)"
+                if prof.encoder_input_size else "")
+        own_encoder = f"{own}{size} " + (
+            f"with weights from {pretrained_encoder}" if pretrained_encoder else "randomly initialised")
+        parts.append(f"end-to-end training of the image encoder ({own_encoder}) as in the paper, "
+                     f"{prof.augmentation} augmentation per step; frozen-feature baselines use "
+                     f"{encoder}")
     parts.append(
         f"{prof.epochs} epochs (paper {paper_prof.epochs}), learning rate {prof.learning_rate:g} "
         f"(paper {paper_prof.learning_rate:g}), batch {prof.batch_size} (paper "
@@ -342,13 +349,19 @@ def run_benchmark(opts: BenchmarkOptions) -> dict[str, Any]:
         retrieval_distance=feature_config.retrieval_distance, baseline_k=baseline_k,
         ridge_alpha=ridge_alpha,
     )
+    method_names = [m for m in opts.methods if methods[m].applies(settings)]
+    for m in opts.methods:
+        if m not in method_names:
+            print(f"method {m}: adds nothing under profile {prof.name} (skipped)", flush=True)
+    if not method_names:
+        raise ValueError(f"none of --methods {opts.methods} applies to profile {prof.name}.")
     labels = {name: method.label(settings) for name, method in methods.items()}
     descriptions = {name: method.describe(settings) for name, method in methods.items()}
     # The frozen encoder state behind each FoldFeatures, captured in memory when it is computed
     # (the store's model holds exactly that state right after computing it).
     encoder_states: dict[int, dict[str, torch.Tensor]] = {}
-    per_fold: dict[str, list[dict]] = {m: [] for m in opts.methods}
-    section_results: dict[str, list[SectionMetrics]] = {m: [] for m in opts.methods}
+    per_fold: dict[str, list[dict]] = {m: [] for m in method_names}
+    section_results: dict[str, list[SectionMetrics]] = {m: [] for m in method_names}
     timings: dict[str, float] = {}
 
     dataset_id = {k: meta.get(k) for k in ("created", "gene_names", "transform", "n_spots")}
@@ -371,14 +384,14 @@ def run_benchmark(opts: BenchmarkOptions) -> dict[str, Any]:
         test_rows = np.concatenate(list(test_rows_by_section.values()))
         if len(train_rows) == 0 or any(len(r) == 0 for r in test_rows_by_section.values()):
             raise ValueError(f"fold {fold.fold}: a training or held-out section has no spots.")
-        previous = {m: _load_previous(fold_dir, m, run_key) for m in opts.methods}
-        todo = [m for m in opts.methods if previous[m] is None]
-        for m in opts.methods:
+        previous = {m: _load_previous(fold_dir, m, run_key) for m in method_names}
+        todo = [m for m in method_names if previous[m] is None]
+        for m in method_names:
             if previous[m] is not None:
                 print(f"fold {fold.fold} {m}: reusing the identical earlier result in {fold_dir}",
                       flush=True)
         if not todo:
-            for method in opts.methods:
+            for method in method_names:
                 results, info = previous[method]
                 section_results[method].extend(results)
                 per_fold[method].append(_fold_summary(fold, results, details=info))
@@ -391,7 +404,7 @@ def run_benchmark(opts: BenchmarkOptions) -> dict[str, Any]:
                 k: v.detach().clone() for k, v in feature_model.image_encoder.model.state_dict().items()
             }
         predictions: dict[str, np.ndarray] = {}
-        details: dict[str, dict] = {m: {} for m in opts.methods}
+        details: dict[str, dict] = {m: {} for m in method_names}
         for name in todo:
             t0 = time.perf_counter()
             keep = methods[name].keeps_checkpoint and (
@@ -415,7 +428,7 @@ def run_benchmark(opts: BenchmarkOptions) -> dict[str, Any]:
 
         # ------------------------------------------------------------ evaluate
         offsets = np.cumsum([0] + [len(r) for r in test_rows_by_section.values()])
-        for method in opts.methods:
+        for method in method_names:
             if previous[method] is not None:
                 results, info = previous[method]
                 section_results[method].extend(results)
@@ -440,7 +453,7 @@ def run_benchmark(opts: BenchmarkOptions) -> dict[str, Any]:
 
     # ---------------------------------------------------------------- summary
     methods_out = {}
-    for method in opts.methods:
+    for method in method_names:
         methods_out[method] = {
             "label": labels[method],
             "description": descriptions[method],
@@ -449,7 +462,7 @@ def run_benchmark(opts: BenchmarkOptions) -> dict[str, Any]:
         }
     plot_r_distribution(
         {labels[m]: np.concatenate([r.per_gene["pearson_r"].to_numpy()
-                                    for r in section_results[m]]) for m in opts.methods},
+                                    for r in section_results[m]]) for m in method_names},
         out / "r_distribution.png",
         title=f"Per-gene Pearson r, all held-out sections ({opts.split} split)",
     )

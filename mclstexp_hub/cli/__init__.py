@@ -28,6 +28,7 @@ _COMMAND_MODULES: dict[str, str] = {
     "push": "push_cmd",
     "card": "card_cmd",
     "convert": "convert_cmd",
+    "onnx": "onnx_cmd",
     "demo": "demo_cmd",
     "app": "app_cmd",
     "zoo": "zoo_cmd",

@@ -50,11 +50,11 @@ PRECISION_CHOICES = ("auto", "fp32", "bf16")
 
 
 def add_precision_option(p: argparse.ArgumentParser, default: str | None = "auto") -> None:
-    """`--precision`: image-tower arithmetic (auto = bf16 where the hardware has it natively)."""
+    """`--precision`: tower arithmetic (auto = bf16 where the hardware has it natively)."""
     p.add_argument("--precision", choices=list(PRECISION_CHOICES), default=default,
-                   help="auto = bf16 autocast + channels-last on CPUs with native bf16 "
-                        "(AVX512-BF16/AMX) or CUDA, else fp32; recorded with the output "
-                        "(default: auto)")
+                   help="auto = bf16 autocast on CPUs with native bf16 (AVX512-BF16/AMX) or "
+                        "CUDA, else fp32 (convolutions run channels-last in both); recorded "
+                        "with the output (default: auto)")
 
 
 def add_command(

@@ -10,6 +10,7 @@ from ._options import (
     add_batch_size_option,
     add_command,
     add_overwrite_option,
+    add_precision_option,
     add_quiet_option,
     add_sections_option,
     add_subcommands,
@@ -72,6 +73,7 @@ def _build(args: argparse.Namespace) -> int:
             batch_size=args.batch_size, progress=not args.quiet,
             exclude_sections=args.exclude_sections or (),
             exclude_patients=args.exclude_patients or (), attach=True,
+            precision=args.precision,
         )
     else:
         meta = load_dataset_metadata(args.dataset)
@@ -84,6 +86,7 @@ def _build(args: argparse.Namespace) -> int:
             dataset_metadata=meta,
             source=str(args.dataset),
             attach=True,
+            precision=args.precision,
         )
     if model.config.retrieval_k > len(bank):
         print(
@@ -91,7 +94,8 @@ def _build(args: argparse.Namespace) -> int:
             f"{model.config.retrieval_k}; predict with k <= {len(bank)}."
         )
     bank.save(out)
-    print(f"wrote {out}: {len(bank)} spots from {', '.join(bank.metadata['sections'])}")
+    print(f"wrote {out}: {len(bank)} spots from {', '.join(bank.metadata['sections'])} "
+          f"(spot tower {bank.metadata['precision']})")
     _build_index(args, bank, model, os.path.dirname(os.path.abspath(out)))
     return 0
 
@@ -169,6 +173,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "exact, or ivf (always build the index)")
     build.add_argument("--target-recall", type=float, default=0.95,
                        help="recall@k the IVF index must reach on the bank (0.95)")
+    add_precision_option(build)
     add_quiet_option(build, None)
     build.set_defaults(func=_build)
 

@@ -6,6 +6,7 @@ import argparse
 import shlex
 
 from mclstexp_hub.presets import benchmark_datasets
+from mclstexp_hub.training.profiles import PROFILE_NAMES
 
 from ._options import add_batch_size_option, add_command, add_run_options, check_choice
 
@@ -95,8 +96,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="sections to use (default: every imaged section of the dataset)")
     p.add_argument("--split", choices=["section", "patient"], default="section",
                    help="leave-one-section-out (paper) or leave-one-patient-out (leak-free)")
-    p.add_argument("--profile", choices=["paper", "cpu"], default="cpu",
-                   help="training profile (cpu: frozen encoder + cached features; see docs)")
+    p.add_argument("--profile", choices=list(PROFILE_NAMES), default="cpu",
+                   help="training profile (cpu: frozen encoder + cached features; cpu-e2e: "
+                        "a small encoder trained end to end at reduced input size; see docs)")
     p.add_argument("--out", required=True, help="results folder")
     p.add_argument("--dataset-dir", default=None,
                    help="an already built patch dataset (default: build into RESULTS/dataset)")

@@ -29,7 +29,7 @@ def _predict(args: argparse.Namespace) -> int:
         plot_genes=args.plot or (),
         **option_values(args, ("visium", "tile", "plot_dir", "observed", "batch_size", "device",
                                "revision", "k", "library_id", "tile_pitch",
-                               "min_tissue_fraction", "overwrite", "precision")),
+                               "min_tissue_fraction", "overwrite", "precision", "backend")),
         progress=not args.quiet,
     )
     adata = result.adata
@@ -82,5 +82,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--min-tissue-fraction", type=float, default=0.5,
                    help="--tile: keep grid points with at least this tissue under the patch")
     add_precision_option(p)
+    p.add_argument("--backend", choices=["auto", "torch", "onnxruntime"], default="auto",
+                   help="image tower runtime: auto = the checkpoint's ONNX export "
+                        "(`mclstexp onnx DIR`) when valid and onnxruntime is installed, on CPU "
+                        "in fp32; else torch. Recorded in uns['mclstexp'] (default: auto)")
     add_run_options(p, quiet="no progress bar")
     p.set_defaults(func=_predict)

@@ -50,12 +50,20 @@ def load_pipeline(
     device: str | None = None,
     revision: str | None = None,
     batch_size: int = DEFAULT_BATCH_SIZE,
+    backend: str = "auto",
 ) -> MclSTExpPipeline:
     """The installed `spatial-gene-expression` pipeline for a checkpoint directory or Hub id.
 
     Uses this package's classes even when the checkpoint also carries remote code (transformers
     would otherwise insist on `trust_remote_code=True` for a config with `custom_pipelines`).
+    backend: the image tower's runtime — "torch", "onnxruntime" (the checkpoint folder's
+    `image_tower.onnx` from `mclstexp onnx`; refused when absent or stale) or "auto" (that
+    export when valid and onnxruntime is installed, else torch); recorded in the provenance.
     """
+    from ..models.mclstexp.onnx_tower_mclstexp import BACKENDS, attach_onnx_tower
+
+    if backend not in BACKENDS:
+        raise ValueError(f"--backend must be one of {BACKENDS}; got {backend!r}.")
     from transformers import pipeline
 
     ensure_registered()
@@ -90,6 +98,17 @@ def load_pipeline(
         from ..retrieval.auto import attach_saved_searcher
 
         source.update(attach_saved_searcher(loaded, model))
+        if device == "cpu" or backend == "onnxruntime":
+            if backend == "onnxruntime" and device != "cpu":
+                raise ValueError("--backend onnxruntime runs on the CPU; use --device cpu.")
+            source.update(attach_onnx_tower(loaded, model, backend))
+        else:
+            source["image_tower_backend"] = "torch"
+    elif backend == "onnxruntime":
+        raise ValueError("--backend onnxruntime needs a local checkpoint folder holding "
+                         "image_tower.onnx (`mclstexp onnx DIR`); download the model first.")
+    else:
+        source["image_tower_backend"] = "torch"
     try:
         processor = AutoImageProcessor.from_pretrained(model, revision=revision,
                                                        trust_remote_code=False)
@@ -189,6 +208,7 @@ def predict_to_h5ad(
     progress: bool = True,
     pipe: MclSTExpPipeline | None = None,
     precision: str = "auto",
+    backend: str = "auto",
 ) -> PredictionResult:
     """Predict every spot of `image` and write `out` atomically; draw `plot_genes`.
 
@@ -214,7 +234,8 @@ def predict_to_h5ad(
                      what="gene-map folder", option="--plot-dir")
     if batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1; got {batch_size}.")
-    pipe = pipe or load_pipeline(model, device=device, revision=revision, batch_size=batch_size)
+    pipe = pipe or load_pipeline(model, device=device, revision=revision, batch_size=batch_size,
+                                 backend=backend)
     config = pipe.model.config
     genes = list(config.gene_names)
     unknown = [g for g in plot_genes if g not in set(genes)]

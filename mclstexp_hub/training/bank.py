@@ -53,6 +53,7 @@ def build_bank_from_dataset(
     dataset_metadata: dict[str, Any] | None = None,
     source: str | None = None,
     attach: bool = True,
+    precision: str = "fp32",
 ) -> SpotBank:
     """Embed every spot of `dataset` (a patch `datasets.Dataset`) and return the bank.
 
@@ -81,7 +82,7 @@ def build_bank_from_dataset(
         batch_size=batch_size, progress=progress, attach=attach,
         built_with="mclstexp_hub.training.bank.build_bank_from_dataset",
         source=source or meta.get("dataset_name") or meta.get("source"),
-        fallback_units=meta.get("units"), fallback_transform=transform,
+        fallback_units=meta.get("units"), fallback_transform=transform, precision=precision,
     )
 
 
@@ -100,14 +101,20 @@ def bank_from_arrays(
     fallback_units: str | None = None,
     fallback_transform: str | None = None,
     extra_metadata: dict[str, Any] | None = None,
+    precision: str = "fp32",
 ) -> SpotBank:
     """The one embedding + recording step of every bank path (dataset, expression alone).
 
     Spots are embedded in the given order, in consecutive runs of `batch_size`; sections,
-    patients, batching and units are recorded in the bank.
+    patients, batching, units and the spot tower's precision (`auto`/`fp32`/`bf16`, resolved
+    as for prediction; embeddings are stored in fp32 either way) are recorded in the bank.
     """
+    from ..models.mclstexp.precision_mclstexp import autocast, resolve_precision
+
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"bank batch_size must be a positive integer; got {batch_size!r}.")
+    device = next(model.parameters()).device
+    resolved = resolve_precision(precision, device)
     n = int(expression.shape[0])
     # Super-chunks are whole multiples of batch_size, so the runs of batch_size spots (the
     # attention sequences) are exactly those of one call over all spots.
@@ -120,13 +127,14 @@ def bank_from_arrays(
     chunks = []
     try:
         for start in range(0, n, step):
-            part = model.build_spot_bank(
-                expression[start : start + step],
-                positions[start : start + step],
-                batch_size=batch_size,
-                attach=False,
-            )
-            chunks.append(part.embeddings)
+            with autocast(resolved, device):
+                part = model.build_spot_bank(
+                    expression[start : start + step],
+                    positions[start : start + step],
+                    batch_size=batch_size,
+                    attach=False,
+                )
+            chunks.append(part.embeddings.float())
             if bar is not None:
                 bar.update(len(part))
     finally:
@@ -143,6 +151,7 @@ def bank_from_arrays(
         "source": source,
         "expression_transform": model.config.expression_transform or fallback_transform,
         "expression_units": model.config.expression_units or fallback_units,
+        "precision": resolved,
     }
     metadata.update(extra_metadata or {})
     bank = SpotBank(
@@ -168,6 +177,7 @@ def build_bank_from_sections(
     source: str | None = None,
     attach: bool = True,
     built_with: str = "mclstexp_hub.training.bank.build_bank_from_sections",
+    precision: str = "fp32",
 ) -> SpotBank:
     """A bank from preprocessed sections (`preprocess_sections` output): no images needed.
 
@@ -207,7 +217,7 @@ def build_bank_from_sections(
     return bank_from_arrays(
         model, expression, torch.from_numpy(np.concatenate(positions)), sections, patients,
         batch_size=batch_size, progress=progress, attach=attach, built_with=built_with,
-        source=source, fallback_units=units,
+        source=source, fallback_units=units, precision=precision,
     )
 
 
@@ -223,6 +233,7 @@ def build_bank_from_expression(
     exclude_patients: Sequence[str] = (),
     fill_missing: bool = False,
     attach: bool = True,
+    precision: str = "fp32",
 ) -> SpotBank:
     """A bank from raw counts + spot positions alone (no images): reader → model's panel.
 
@@ -258,7 +269,7 @@ def build_bank_from_expression(
                                     fill_missing, gene_panel_source="the checkpoint's gene_names")
     bank = build_bank_from_sections(
         model, processed, batch_size, progress, source=f"{kind}:{data_dir}", attach=attach,
-        built_with="mclstexp_hub.training.bank.build_bank_from_expression",
+        built_with="mclstexp_hub.training.bank.build_bank_from_expression", precision=precision,
     )
     bank.metadata["from_expression_only"] = True
     bank.metadata["reader"] = kind

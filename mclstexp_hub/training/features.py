@@ -61,12 +61,12 @@ def _encoder(model: nn.Module) -> nn.Module:
 
 def encoder_fingerprint(model: nn.Module) -> str:
     """sha256 of the encoder's name, weights and buffers (BatchNorm statistics included)."""
+    from ..models.mclstexp.onnx_tower_mclstexp import digest_module_state
+
     digest = hashlib.sha256()
     digest.update(str(getattr(model.config, "image_encoder", "")).encode())
-    for name, tensor in sorted(_encoder(model).state_dict().items()):
-        digest.update(name.encode())
-        digest.update(str(tensor.dtype).encode())
-        digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    digest.update(f"input={getattr(model.config, 'encoder_input_size', None)}".encode())
+    digest_module_state(digest, _encoder(model))
     return digest.hexdigest()
 
 

@@ -193,7 +193,8 @@ class SpotCollator:
     """
 
     def __init__(
-        self, pixel_scaling: str = "unit", augment: bool = False, channels_last: bool = False
+        self, pixel_scaling: str = "unit", augment: bool = False, channels_last: bool = False,
+        augmentation: str = "paper",
     ) -> None:
         from ..models.mclstexp.pixels_mclstexp import PIXEL_SCALINGS
 
@@ -204,9 +205,9 @@ class SpotCollator:
         self.channels_last = channels_last
         self._augmenter = None
         if augment:
-            from .augment import PatchAugmenter
+            from .augment import make_augmenter
 
-            self._augmenter = PatchAugmenter()
+            self._augmenter = make_augmenter(augmentation)
 
     def __call__(self, items: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         from ..models.mclstexp.pixels_mclstexp import scale_pixel_values

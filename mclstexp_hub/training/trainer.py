@@ -468,7 +468,7 @@ def train_model(
             f"validation; got {sorted(set(spots.sections))}. Pass a number to --retrieval-k."
         )
     clamped_k, k_warning = resolve_retrieval_k(dataset_preset, config_overrides, len(spots))
-    effective_overrides = dict(config_overrides or {})
+    effective_overrides = {**prof.config_defaults(), **(config_overrides or {})}
     if clamped_k is not None:
         effective_overrides["retrieval_k"] = clamped_k
         run_warnings.append(k_warning)
@@ -544,7 +544,8 @@ def train_model(
             enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
             enable()
         freeze_handle = freeze_encoder_for_training(model) if prof.freeze_image_encoder else None
-        collator = SpotCollator(config.pixel_scaling, augment=prof.augment, channels_last=prof.channels_last)
+        collator = SpotCollator(config.pixel_scaling, augment=prof.augment,
+                                channels_last=prof.channels_last, augmentation=prof.augmentation)
 
         steps_per_epoch = math.ceil(len(train_set) / (prof.batch_size * world_size))
         if save_steps is None:

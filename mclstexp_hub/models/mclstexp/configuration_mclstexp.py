@@ -30,7 +30,9 @@ _POSITIVE_INT_FIELDS = (
     "projection_dim", "spot_encoder_heads", "spot_encoder_head_dim", "max_position",
     "retrieval_k", "patch_size",
 )
-_OPTIONAL_POSITIVE_INT_FIELDS = ("image_feature_dim", "spot_encoder_mlp_dim")
+_OPTIONAL_POSITIVE_INT_FIELDS = ("image_feature_dim", "spot_encoder_mlp_dim", "encoder_input_size")
+MIN_ENCODER_INPUT_SIZE = 32
+"""Smallest side the image tower may be fed: five stride-2 stages leave one pixel at 32."""
 
 
 class MclSTExpConfigError(ValueError):
@@ -65,6 +67,10 @@ class MclSTExpConfig(PreTrainedConfig):
             paper's ablation best), cosine.
         retrieval_weighting: inverse_square (paper: w ∝ 1/d²), mean (BLEEP), softmax (w ∝ e^-d).
         patch_size: square patch side in full-resolution pixels (224, one spot diameter).
+        encoder_input_size: side in pixels the image encoder sees. None (default) feeds the
+            patch as cut; a number resamples every patch (bilinear, antialiased) to that side
+            inside the image tower, so training, `predict`, the pipeline and the bank all see
+            the same input. The CPU end-to-end profile trains a small encoder at 64-112 px.
         pixel_scaling: "unit" ([0, 1], as the reference) or "imagenet" (mean/std normalised).
         expression_transform / expression_units: how the targets were made (recorded so that
             MSE/MAE are comparable); set by the dataset the model is trained on.
@@ -94,6 +100,7 @@ class MclSTExpConfig(PreTrainedConfig):
     retrieval_distance: RetrievalDistance = "l1"
     retrieval_weighting: RetrievalWeighting = "inverse_square"
     patch_size: int = 224
+    encoder_input_size: int | None = None
     pixel_scaling: PixelScaling = "unit"
     expression_transform: str | None = None
     expression_units: str | None = None
@@ -153,6 +160,11 @@ class MclSTExpConfig(PreTrainedConfig):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise ValueError(f"MclSTExpConfig.{name} must be a positive integer; got {value!r}.")
+        if self.encoder_input_size is not None and self.encoder_input_size < MIN_ENCODER_INPUT_SIZE:
+            raise ValueError(
+                f"MclSTExpConfig.encoder_input_size must be >= {MIN_ENCODER_INPUT_SIZE} px (or None "
+                f"to feed patches as cut); got {self.encoder_input_size!r}."
+            )
         if self.max_position > MAX_POSITION_LIMIT:
             raise ValueError(
                 f"MclSTExpConfig.max_position={self.max_position:,} exceeds {MAX_POSITION_LIMIT:,}: "

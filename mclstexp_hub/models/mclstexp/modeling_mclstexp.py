@@ -156,8 +156,40 @@ class MclSTExpImageTower(nn.Module):
         for module in self.model.modules():
             module._mclstexp_encoder_owned = True  # see MclSTExpPreTrainedModel._init_weights
 
+        self.input_size = config.encoder_input_size
+        self.checkpoint_stages = False  # set by MclSTExpModel's gradient checkpointing switch
+
+    def resample(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Patches at `encoder_input_size` (bilinear, antialiased); unchanged when None/equal."""
+        size = self.input_size
+        if size is None or tuple(pixel_values.shape[-2:]) == (size, size):
+            return pixel_values
+        channels_last = pixel_values.is_contiguous(memory_format=torch.channels_last)
+        out = F.interpolate(pixel_values, size=(size, size), mode="bilinear", antialias=True,
+                            align_corners=False)
+        return out.contiguous(memory_format=torch.channels_last) if channels_last else out
+
+    def feature_map(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """The encoder's (unpooled) feature map of patches scaled as the image processor does.
+
+        With gradient checkpointing on, a DenseNet's feature stages (stem, dense blocks,
+        transitions) are also checkpointed one by one while training: only each stage's input
+        is kept and the stage is recomputed in backward. timm's own switch only recomputes the
+        bottleneck of each dense layer, which leaves the block activations in memory.
+        """
+        x = self.resample(pixel_values)
+        stages = getattr(self.model, "features", None)
+        if (self.checkpoint_stages and self.training and torch.is_grad_enabled()
+                and isinstance(stages, nn.Sequential) and _forward_features_is(self.model, stages)):
+            from torch.utils.checkpoint import checkpoint
+
+            for stage in stages:
+                x = checkpoint(stage, x, use_reentrant=False)
+            return x
+        return self.model.forward_features(x)
+
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        return self.pool(self.model.forward_features(pixel_values))
+        return self.pool(self.feature_map(pixel_values))
 
     @staticmethod
     def pool(feature_map: torch.Tensor) -> torch.Tensor:
@@ -167,6 +199,13 @@ class MclSTExpImageTower(nn.Module):
         if feature_map.ndim == 3:  # (B, tokens, C) from ViTs: average the tokens
             return feature_map.mean(dim=1)
         return feature_map
+
+
+def _forward_features_is(model: nn.Module, stages: nn.Sequential) -> bool:
+    """True for timm encoders whose forward_features is exactly `features(x)` (DenseNets)."""
+    import timm.models.densenet as densenet
+
+    return isinstance(model, densenet.DenseNet) and model.features is stages
 
 
 def _remove_final_activation(model: nn.Module) -> bool:
@@ -260,6 +299,7 @@ class MclSTExpModel(MclSTExpPreTrainedModel):
         # Spot blocks check `self.gradient_checkpointing`; timm encoders have their own switch.
         super()._set_gradient_checkpointing(enable, *args, **kwargs)
         self.gradient_checkpointing = enable
+        self.image_encoder.checkpoint_stages = enable
         if hasattr(self.image_encoder.model, "set_grad_checkpointing"):
             self.image_encoder.model.set_grad_checkpointing(enable)
 
@@ -292,7 +332,7 @@ class MclSTExpModel(MclSTExpPreTrainedModel):
                     f"pixel_values must have 3 colour channels in dim 1; got shape "
                     f"{tuple(pixel_values.shape)} (channels-last input? permute to (B, 3, H, W))."
                 )
-            feature_map = self.image_encoder.model.forward_features(pixel_values)
+            feature_map = self.image_encoder.feature_map(pixel_values)
             image_features = self.image_encoder.pool(feature_map)
         else:
             width = self.config.image_feature_dim

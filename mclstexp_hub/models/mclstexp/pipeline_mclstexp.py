@@ -323,9 +323,13 @@ class MclSTExpPipeline(Pipeline):
         return {"pixel_values": inputs["pixel_values"].to(self.dtype)}
 
     def _embed(self, pixels: torch.Tensor, precision: str | None) -> tuple[torch.Tensor, str]:
-        """Image embeddings (fp32) at the resolved precision; bf16 runs channels-last."""
+        """Image embeddings (fp32) at the resolved precision, channels-last — or, in fp32 on
+        CPU, from the ONNX Runtime export of the tower when one is attached (`attach_onnx_tower`)."""
         resolved = resolve_precision(precision, self.device)
-        if resolved == "bf16" and not getattr(self, "_channels_last", False):
+        onnx_tower = getattr(self.model, "onnx_image_tower", None)
+        if onnx_tower is not None and resolved == "fp32" and self.device.type == "cpu":
+            return onnx_tower(pixels).float(), resolved
+        if not getattr(self, "_channels_last", False):
             self.model.to(memory_format=torch.channels_last)
             self._channels_last = True
         with torch.no_grad(), autocast(resolved, self.device):
