@@ -24,7 +24,7 @@ def test_resolution_rules():
     assert set(PRECISIONS) == {"auto", "fp32", "bf16"}
     x = torch.zeros(2, 3, 8, 8)
     assert prepare_pixels(x, "bf16").is_contiguous(memory_format=torch.channels_last)
-    assert prepare_pixels(x, "fp32").is_contiguous()
+    assert prepare_pixels(x, "fp32").is_contiguous(memory_format=torch.channels_last)  # both
     with autocast("bf16"):
         assert torch.mm(torch.ones(2, 2), torch.ones(2, 2)).dtype == torch.bfloat16
 
