@@ -359,12 +359,17 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def cli_has_precision() -> bool:
+def cli_has_option(option: str) -> bool:
+    """Whether our `predict` CLI has `option` (the benchmark also runs older checkouts)."""
     import subprocess
 
     proc = subprocess.run([sys.executable, "-m", "mclstexp_hub.cli", "predict", "--help"],
                           capture_output=True, text=True, cwd=str(ROOT), check=False)
-    return "--precision" in proc.stdout
+    return option in proc.stdout
+
+
+def cli_has_precision() -> bool:
+    return cli_has_option("--precision")
 
 
 # -------------------------------------------------------------------- our side (children)
@@ -383,6 +388,24 @@ def child_tower(spec: dict) -> dict:
 
     torch.manual_seed(0)
     model = MclSTExpModel(_our_config()).eval()
+    if spec["variant"] == "onnx":
+        import tempfile
+
+        from mclstexp_hub.models.mclstexp.onnx_tower_mclstexp import (
+            export_image_tower,
+            load_onnx_tower,
+        )
+
+        x = torch.rand(spec["batch"], 3, 224, 224)
+        with tempfile.TemporaryDirectory() as folder:
+            export_image_tower(model, folder)
+            tower, _ = load_onnx_tower(model, folder)
+            tower(x)
+            t = time.perf_counter()
+            for _ in range(spec["batches"]):
+                tower(x)
+            dt = time.perf_counter() - t
+        return {"patches_s": spec["batch"] * spec["batches"] / dt, "seconds": dt}
     fast = spec["variant"].startswith("bf16")
     x = torch.rand(spec["batch"], 3, 224, 224)
     if "_cl" in spec["variant"]:
@@ -517,9 +540,24 @@ def child_setup(spec: dict) -> dict:
                                 reference_expression=expr_files, reference_positions=pos_files,
                                 section_names=bank_sections, slice_positions=True,
                                 expression_layout="spots-by-genes", overwrite=True)
-    return {"bank_sections": bank_sections, "bank_spots": report.bank_spots,
-            "grid_spots": len(grid), "grid_pitch_px": pitch, "convert_s": time.perf_counter() - t,
-            "checkpoint_mb": report.total_bytes / 1e6, "position_rows_saved": report.position_rows_saved}
+    out = {"bank_sections": bank_sections, "bank_spots": report.bank_spots,
+           "grid_spots": len(grid), "grid_pitch_px": pitch, "convert_s": time.perf_counter() - t,
+           "checkpoint_mb": report.total_bytes / 1e6, "position_rows_saved": report.position_rows_saved}
+    if _has_onnxruntime():  # what `mclstexp onnx` writes; `--backend auto` then uses it on CPU
+        from mclstexp_hub.models.mclstexp.modeling_mclstexp import MclSTExpModel
+        from mclstexp_hub.models.mclstexp.onnx_tower_mclstexp import export_image_tower
+
+        model = MclSTExpModel.from_pretrained(work / "ours_ckpt", load_spot_bank=False).eval()
+        info = export_image_tower(model, work / "ours_ckpt")
+        out["onnx_export_s"] = info["export_seconds"]
+        out["onnx_max_abs_difference"] = info["max_abs_difference_vs_torch"]
+    return out
+
+
+def _has_onnxruntime() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("onnxruntime") is not None
 
 
 CHILDREN = {"tower": child_tower, "train": child_train, "frozen": child_frozen, "setup": child_setup}
@@ -648,6 +686,9 @@ def main(argv: list[str] | None = None) -> int:
         import platform
         machine = f"{platform.platform()}, {os.cpu_count()} CPUs"
     has_precision = cli_has_precision()
+    has_backend = cli_has_option("--backend")
+    # ours_fp32: PyTorch fp32 (channels-last); ours_auto: the defaults a user gets (precision
+    # and backend auto: ONNX Runtime where the checkpoint has an export and onnxruntime exists)
     predict_configs = ["ours_fp32"] + (["ours_auto"] if has_precision else [])
     bench = Bench(args, work)
     t_start = time.perf_counter()
@@ -713,6 +754,8 @@ def main(argv: list[str] | None = None) -> int:
                        "--out", str(out), "--quiet", "--overwrite", "--device", "cpu"]
                 if has_precision:
                     cmd += ["--precision", cfg.split("_", 1)[1]]
+                if has_backend:
+                    cmd += ["--backend", "torch" if cfg == "ours_fp32" else "auto"]
                 bench.run(part, cfg, cmd, {"spots": n, "section": key, "repeat": rep})
             if rep == 0:
                 bench.meta.setdefault("prediction_agreement", {})[key] = _agreement(
@@ -724,7 +767,7 @@ def main(argv: list[str] | None = None) -> int:
         for rep in range(args.repeats):
             spec = {"batch": 32, "batches": args.tower_batches}
             bench.run("tower", "theirs", bench._theirs_cmd({"mode": "tower", **spec}), {"repeat": rep})
-            for variant in ("fp32", "fp32_cl", "bf16_cl"):
+            for variant in ("fp32", "fp32_cl", "bf16_cl") + (("onnx",) if _has_onnxruntime() else ()):
                 bench.run("tower", f"ours_{variant}", bench._ours_cmd("tower", {**spec, "variant": variant}),
                           {"repeat": rep})
     if "predict" in parts:

@@ -15,9 +15,9 @@ import torch
 
 pytest.importorskip("onnxruntime", reason="the onnx extra (onnxruntime) is not installed")
 
-from mclstexp_hub import MclSTExpModel  # noqa: E402
-from mclstexp_hub.cli import main  # noqa: E402
-from mclstexp_hub.models.mclstexp.onnx_tower_mclstexp import (  # noqa: E402
+from mclstexp_hub import MclSTExpModel
+from mclstexp_hub.cli import main
+from mclstexp_hub.models.mclstexp.onnx_tower_mclstexp import (
     ONNX_TOWER_FILENAME,
     ONNX_TOWER_INFO_FILENAME,
     attach_onnx_tower,

@@ -281,5 +281,13 @@ def ridge_cv_probe(ctx: FoldContext) -> MethodOutput:
     return MethodOutput(prediction=prediction, details=info)
 
 
-__all__ = ["FoldContext", "frozen_ablation_profile", "Method", "MethodOutput", "MethodSettings", "get_method",
-           "list_methods", "register_method"]
+__all__ = [
+    "FoldContext",
+    "Method",
+    "MethodOutput",
+    "MethodSettings",
+    "frozen_ablation_profile",
+    "get_method",
+    "list_methods",
+    "register_method",
+]

@@ -9,7 +9,10 @@ from ._options import add_command
 
 
 def _onnx(args: argparse.Namespace) -> int:
-    from mclstexp_hub.models.mclstexp.modeling_mclstexp import MclSTExpModel, check_checkpoint_folder
+    from mclstexp_hub.models.mclstexp.modeling_mclstexp import (
+        MclSTExpModel,
+        check_checkpoint_folder,
+    )
     from mclstexp_hub.models.mclstexp.onnx_tower_mclstexp import (
         ONNX_TOWER_FILENAME,
         export_image_tower,

@@ -203,7 +203,7 @@ class MclSTExpImageTower(nn.Module):
 
 def _forward_features_is(model: nn.Module, stages: nn.Sequential) -> bool:
     """True for timm encoders whose forward_features is exactly `features(x)` (DenseNets)."""
-    import timm.models.densenet as densenet
+    from timm.models import densenet
 
     return isinstance(model, densenet.DenseNet) and model.features is stages
 
