@@ -25,8 +25,11 @@ EXIT = {signal.SIGINT: 130, signal.SIGTERM: 143}
 
 def _wait_then_signal(argv: list[str], ready, sig: int, timeout: float = 300.0):
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    # A foreground Ctrl-C: the child gets the default SIGINT disposition even when the test run
+    # itself was started in the background (`cmd &` ignores SIGINT, and children inherit that).
     proc = subprocess.Popen([sys.executable, "-m", "mclstexp_hub.cli", *map(str, argv)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     err_lines: list[str] = []
     os.set_blocking(proc.stderr.fileno(), False)
     deadline = time.monotonic() + timeout
