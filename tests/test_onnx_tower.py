@@ -38,6 +38,10 @@ def test_export_agrees_with_torch_and_records_its_source(exported):
     assert (exported / ONNX_TOWER_FILENAME).stat().st_size > 0
     assert info["max_abs_difference_vs_torch"] <= 1e-3 and info["fingerprint"]
     assert not list(exported.glob(".onnx-export-*"))  # the temporary folder is gone
+    assert not list(exported.glob("*.onnx.data"))  # self-contained: no external-data file
+    import onnx
+
+    assert onnx.load(str(exported / ONNX_TOWER_FILENAME), load_external_data=False).graph.initializer
     model = MclSTExpModel.from_pretrained(exported).eval()
     tower, why = load_onnx_tower(model, exported)
     assert tower is not None, why

@@ -127,7 +127,12 @@ def export_image_tower(model: nn.Module, folder: str | os.PathLike, batch: int =
             output_names=["image_embeds"],
             dynamic_shapes={"pixel_values": {0: torch.export.Dim("batch")}},
         )
-        program.save(os.fspath(target))
+        # one self-contained file (weights inside; an image tower is far below ONNX's 2 GB
+        # limit), so the folder never holds an .onnx whose external data went missing
+        program.save(os.fspath(target), external_data=False)
+        extra = sorted(p.name for p in tmp.iterdir() if p.name != ONNX_TOWER_FILENAME)
+        if extra:
+            raise ValueError(f"the ONNX export wrote unexpected files {extra}; nothing was kept.")
         session = _session(target)
         (out,) = session.run(None, {session.get_inputs()[0].name: example.numpy()})
         difference = float(abs(out - reference).max())
