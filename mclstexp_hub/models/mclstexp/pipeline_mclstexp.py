@@ -322,13 +322,18 @@ class MclSTExpPipeline(Pipeline):
         inputs = self.image_processor(image, return_tensors="pt")
         return {"pixel_values": inputs["pixel_values"].to(self.dtype)}
 
+    def _tower_backend(self, resolved_precision: str) -> str:
+        """"onnxruntime" when an ONNX export is attached and the run is fp32 on CPU, else "torch"."""
+        attached = getattr(self.model, "onnx_image_tower", None) is not None
+        on_cpu = self.device.type == "cpu"
+        return "onnxruntime" if attached and on_cpu and resolved_precision == "fp32" else "torch"
+
     def _embed(self, pixels: torch.Tensor, precision: str | None) -> tuple[torch.Tensor, str]:
         """Image embeddings (fp32) at the resolved precision, channels-last — or, in fp32 on
         CPU, from the ONNX Runtime export of the tower when one is attached (`attach_onnx_tower`)."""
         resolved = resolve_precision(precision, self.device)
-        onnx_tower = getattr(self.model, "onnx_image_tower", None)
-        if onnx_tower is not None and resolved == "fp32" and self.device.type == "cpu":
-            return onnx_tower(pixels).float(), resolved
+        if self._tower_backend(resolved) == "onnxruntime":
+            return self.model.onnx_image_tower(pixels).float(), resolved
         if not getattr(self, "_channels_last", False):
             self.model.to(memory_format=torch.channels_last)
             self._channels_last = True
@@ -507,6 +512,7 @@ class MclSTExpPipeline(Pipeline):
             "created": datetime.now(UTC).isoformat(timespec="seconds"),
         }
         record.update(provenance or {})
+        record["image_tower_backend"] = self._tower_backend(resolved)  # what this run used
         return build_prediction_anndata(
             out,
             list(config.gene_names),
