@@ -35,11 +35,12 @@ def test_verdict_needs_a_margin_larger_than_the_spread(tmp_path):
     assert v["pcc_acg"]["margin"] == pytest.approx(0.31 - 0.61 / 3)
     # HEG: margin 0.2067 - 0.1933 = 0.0133 < ours' spread 0.06 → not beaten
     assert not v["pcc_heg"]["beats"] and v["pcc_heg"]["spread"] == pytest.approx(0.06)
+    assert (v["pcc_acg"]["outcome"], v["pcc_heg"]["outcome"]) == ("beats", "ties")
     assert result["beats_all"] is False
     out = tmp_path / "seeds"
     assert main([*map(str, runs), "--out", str(out)]) == 0
     text = (out / "seeds.md").read_text()
-    assert "does not beat" in text and "0.3100 ± 0.0200" in text
+    assert "tie (within the spread)" in text and "0.3100 ± 0.0200" in text
 
 
 def test_runs_that_differ_in_more_than_the_seed_are_refused(tmp_path, capsys):

@@ -5,7 +5,8 @@ real depends on how much a method moves when only its seed changes. This module 
 `summary.json` of several runs (same dataset, split, profile and methods; different seeds),
 and writes, per method and metric, the mean over seeds, the spread (max − min over seeds) and
 the per-seed values, then the verdict: the method beats a baseline on a metric when its mean
-over seeds exceeds the baseline's by more than the larger of the two spreads.
+over seeds exceeds the baseline's by more than the larger of the two spreads, loses when it
+falls short by more than that, and ties otherwise.
 
     python -m mclstexp_hub.benchmark.seeds RUN_seed0 RUN_seed1 RUN_seed2 --out SEEDS_DIR \
         [--method mclstexp]
@@ -75,7 +76,9 @@ def combine_seeds(runs: list[str | Path], method: str = "mclstexp") -> dict[str,
             sign = 1.0 if HIGHER_IS_BETTER[metric] else -1.0
             margin = sign * (ours[metric]["mean"] - table[other][metric]["mean"])
             needed = max(ours[metric]["spread"], table[other][metric]["spread"])
-            row[metric] = {"margin": margin, "spread": needed, "beats": bool(margin > needed)}
+            outcome = "beats" if margin > needed else "loses" if margin < -needed else "ties"
+            row[metric] = {"margin": margin, "spread": needed, "beats": bool(margin > needed),
+                           "outcome": outcome}
         verdict[other] = row
     beats_all = all(v[m]["beats"] for v in verdict.values() for m in VERDICT_METRICS)
     return {"dataset": first["dataset"], "split": first["split"], "profile": first["profile"],
@@ -84,6 +87,10 @@ def combine_seeds(runs: list[str | Path], method: str = "mclstexp") -> dict[str,
             "method": method, "methods": table, "verdict": verdict, "beats_all": beats_all,
             "commands": [s.get("command") for s in summaries],
             "machine": first.get("machine")}
+
+
+_OUTCOME_WORDS = {"beats": "beats", "loses": "loses (beyond the spread)",
+                  "ties": "tie (within the spread)"}
 
 
 def seeds_markdown(result: dict[str, Any]) -> str:
@@ -103,7 +110,7 @@ def seeds_markdown(result: dict[str, Any]) -> str:
               "than the larger spread):", ""]
     for other, row in result["verdict"].items():
         parts = [f"{m.upper().replace('PCC_', 'PCC(')}) margin {v['margin']:+.4f} vs spread "
-                 f"{v['spread']:.4f} → {'beats' if v['beats'] else 'does not beat'}"
+                 f"{v['spread']:.4f} → {_OUTCOME_WORDS[v['outcome']]}"
                  for m, v in row.items()]
         lines.append(f"- vs {methods[other]['label']}: " + "; ".join(parts))
     lines += ["", f"**Beats every baseline on PCC(ACG) and PCC(HEG): "
