@@ -98,17 +98,15 @@ def load_pipeline(
         from ..retrieval.auto import attach_saved_searcher
 
         source.update(attach_saved_searcher(loaded, model))
-        if device == "cpu" or backend == "onnxruntime":
-            if backend == "onnxruntime" and device != "cpu":
-                raise ValueError("--backend onnxruntime runs on the CPU; use --device cpu.")
-            source.update(attach_onnx_tower(loaded, model, backend))
-        else:
-            source["image_tower_backend"] = "torch"
-    elif backend == "onnxruntime":
+    # The pipeline records the backend each run actually used (`image_tower_backend`); here
+    # only an export is attached, or an explicit onnxruntime request refused.
+    if backend == "onnxruntime" and not looks_local:
         raise ValueError("--backend onnxruntime needs a local checkpoint folder holding "
                          "image_tower.onnx (`mclstexp onnx DIR`); download the model first.")
-    else:
-        source["image_tower_backend"] = "torch"
+    if backend == "onnxruntime" and device != "cpu":
+        raise ValueError("--backend onnxruntime runs on the CPU; use --device cpu.")
+    if looks_local and device == "cpu":
+        source.update(attach_onnx_tower(loaded, model, backend))
     try:
         processor = AutoImageProcessor.from_pretrained(model, revision=revision,
                                                        trust_remote_code=False)
