@@ -30,6 +30,8 @@ Every configuration and repeat is one subprocess, alternating theirs and ours:
            theirs = driver, ours = `python -m mclstexp_hub.cli predict` (--precision fp32 and
            auto when the CLI has --precision)
   large    the same on a >= 2,000-spot grid over section B4 (pitch chosen for the count)
+  fixed    the same for ONE spot of the section: the fixed cost of a prediction (start-up,
+           imports, model load, slide decode, writing) that no batch size amortises
   train    full-model training steps at batch 128 on random pixels/expression/positions:
            theirs (their forward + loss, Adam 1e-4 / 1e-3); ours (forward with return_loss,
            AdamW 1e-4 / 1e-3) fp32, bf16 autocast + channels-last, and + gradient checkpointing
@@ -65,7 +67,7 @@ from _measure import (
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "her2st"
 IMAGED = ["B4", "C2", "C3", "C4"]
 PAPER_SECTIONS = slice(1, 33)  # sorted(ST-cnts)[1:33] = A2..G3, as their HERDataset
-PARTS = ("tower", "predict", "large", "train", "frozen")
+PARTS = ("tower", "predict", "large", "fixed", "train", "frozen")
 # their train.py defaults (densenet121, 785 genes)
 REF_ARGS = dict(encoder_name="densenet121", spot_dim=785, temperature=1.0, image_dim=1024,
                 projection_dim=256, heads_num=8, heads_dim=64, head_layers=2, dropout=0.0)
@@ -317,6 +319,8 @@ def ratio_rows(results: dict) -> list[dict]:
                            ("wall_s", "wall s", "lower"), ("peak_gib", "peak RSS GiB", "lower")],
                "large": [("spots_s", "spots/s (whole process)", "higher"),
                          ("wall_s", "wall s", "lower"), ("peak_gib", "peak RSS GiB", "lower")],
+               "fixed": [("wall_s", "wall s, 1 spot (fixed cost)", "lower"),
+                         ("peak_gib", "peak RSS GiB", "lower")],
                "train": [("spots_s", "spots/s", "higher"), ("peak_gib", "peak RSS GiB", "lower")],
                "frozen": [("train_spots_s", "spots/s (training epochs)", "higher"),
                           ("peak_gib", "peak RSS GiB", "lower")]}
@@ -525,9 +529,10 @@ def child_setup(spec: dict) -> dict:
         image = str(find_her2st_image(data_dir, s))
         # both sides get the same integer centres: their np.floor of the spot file's pixels
         centres = np.floor(a.obs[["pixel_x", "pixel_y"]].to_numpy())
-        queries[s] = {"image": image, "centres": centres.tolist()}
-        pd.DataFrame({"pixel_x": centres[:, 0], "pixel_y": centres[:, 1],
-                      "spot_id": a.obs_names}).to_csv(work / f"spots_{s}.csv", index=False)
+        for key, rows in ((s, slice(None)), (f"{s}_1spot", slice(0, 1))):  # 1 spot: fixed cost
+            queries[key] = {"image": image, "centres": centres[rows].tolist()}
+            pd.DataFrame({"pixel_x": centres[rows, 0], "pixel_y": centres[rows, 1],
+                          "spot_id": a.obs_names[rows]}).to_csv(work / f"spots_{key}.csv", index=False)
     b4 = np.asarray(queries["B4"]["centres"])
     grid, pitch = grid_centres(b4[:, 0], b4[:, 1], spec["large_spots"])
     grid = np.floor(grid)
@@ -605,7 +610,7 @@ class Bench:
             last = [ln for ln in r.stdout.strip().splitlines() if ln.startswith("{")]
             if last:
                 rec.update(json.loads(last[-1]))
-        if part in ("predict", "large") and "error" not in rec and rec.get("spots"):
+        if part in ("predict", "large", "fixed") and "error" not in rec and rec.get("spots"):
             rec["spots_s"] = rec["spots"] / rec["wall_s"]  # whole process, start-up included
         self.results.setdefault(part, {}).setdefault(config, []).append(rec)
         self._print(part, config, rec)
@@ -719,7 +724,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"machine: {machine}; torch threads {torch.get_num_threads()}; load {load_average()}; "
           f"work dir {work}", flush=True)
 
-    needs_setup = any(x in parts for x in ("predict", "large"))
+    needs_setup = any(x in parts for x in ("predict", "large", "fixed"))
     if needs_setup:
         t = time.perf_counter()
         weights = work / "theirs_random_init.pt"
@@ -772,6 +777,8 @@ def main(argv: list[str] | None = None) -> int:
                           {"repeat": rep})
     if "predict" in parts:
         predict_round("predict", args.section, args.repeats)
+    if "fixed" in parts:
+        predict_round("fixed", f"{args.section}_1spot", args.repeats)
     if "train" in parts:
         variants = ["theirs", "ours_fp32"] if args.quick else list(TRAIN_GIB_AT_128)
         if not args.quick and not _native_bf16():

@@ -1,7 +1,9 @@
 """Slide → `pred.h5ad` (+ gene maps): what `mclstexp predict` runs.
 
 The heavy lifting is the `spatial-gene-expression` pipeline (Hub-bound, so remote-code users
-get the same behaviour); this module adds what a command-line user needs around it: spot
+get the same behaviour) — or, for an fp32 CPU run of a folder with a valid ONNX export, the
+PyTorch-free runtime (`onnx_runtime`, same slide loop and output, no torch import); this module
+adds what a command-line user needs around it: spot
 tables from a CSV / Space Ranger / a tissue grid, observed expression in the model's units,
 provenance, atomic writing and pictures.
 """
@@ -18,7 +20,6 @@ from typing import Any
 
 import numpy as np
 
-from ..models.mclstexp.pipeline_mclstexp import TASK, MclSTExpPipeline
 from ..outputs import check_output, replace_folder
 from .io import check_output_path, write_h5ad_atomic
 
@@ -61,6 +62,7 @@ def load_pipeline(
     export when valid and onnxruntime is installed, else torch); recorded in the provenance.
     """
     from ..models.mclstexp.onnx_tower_mclstexp import BACKENDS, attach_onnx_tower
+    from ..models.mclstexp.pipeline_mclstexp import TASK, MclSTExpPipeline
 
     if backend not in BACKENDS:
         raise ValueError(f"--backend must be one of {BACKENDS}; got {backend!r}.")
@@ -204,7 +206,7 @@ def predict_to_h5ad(
     min_tissue_fraction: float = 0.5,
     overwrite: bool = False,
     progress: bool = True,
-    pipe: MclSTExpPipeline | None = None,
+    pipe: MclSTExpPipeline | OnnxSlidePredictor | None = None,
     precision: str = "auto",
     backend: str = "auto",
 ) -> PredictionResult:
@@ -232,9 +234,23 @@ def predict_to_h5ad(
                      what="gene-map folder", option="--plot-dir")
     if batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1; got {batch_size}.")
-    pipe = pipe or load_pipeline(model, device=device, revision=revision, batch_size=batch_size,
+    from ..models.mclstexp.onnx_tower_mclstexp import BACKENDS
+
+    if backend not in BACKENDS:
+        raise ValueError(f"--backend must be one of {BACKENDS}; got {backend!r}.")
+    from .onnx_runtime import OnnxSlidePredictor, onnx_predictor
+
+    if pipe is None:
+        # PyTorch-free when the run allows it (fp32 on CPU, valid ONNX export), else the pipeline
+        runner, why = onnx_predictor(model, device=device, backend=backend, precision=precision)
+        if runner is None:
+            pipe = load_pipeline(model, device=device, revision=revision, batch_size=batch_size,
                                  backend=backend)
-    config = pipe.model.config
+            pipe.mclstexp_source = {**pipe.mclstexp_source, "runtime": "pytorch",
+                                    "runtime_note": f"PyTorch-free runtime not used: {why}"}
+        else:
+            pipe = runner
+    config = pipe.config if isinstance(pipe, OnnxSlidePredictor) else pipe.model.config
     genes = list(config.gene_names)
     unknown = [g for g in plot_genes if g not in set(genes)]
     if unknown:

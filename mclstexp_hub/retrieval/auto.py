@@ -44,12 +44,13 @@ from typing import Any
 import numpy as np
 import torch
 
+from mclstexp_hub.models.mclstexp.retrieval_mclstexp import SAVED_INDEX_FILENAME
 from mclstexp_hub.models.mclstexp.spot_bank_mclstexp import SpotBank
 
 from .faiss_index import FaissSpotIndex, _normalised, import_faiss, recall_at_k
 
 EXACT_MAX_SPOTS = 100_000
-INDEX_FILENAME = "spot_bank.faiss"
+INDEX_FILENAME = SAVED_INDEX_FILENAME
 REPORT_FILENAME = "spot_bank_index.json"
 REPORT_FORMAT = "mclstexp-spot-bank-index"
 DEFAULT_PROBES = 1000

@@ -6,20 +6,20 @@ Defaults follow the paper and the authors' public code; every deviation is a nam
 
 
 from functools import wraps
-from typing import Literal, get_args
 
 from huggingface_hub.dataclasses import strict
 from huggingface_hub.errors import StrictDataclassError
 from transformers import PreTrainedConfig
 
-RetrievalDistance = Literal["l1", "l2", "cosine"]
-RetrievalWeighting = Literal["inverse_square", "mean", "softmax"]
-PixelScaling = Literal["unit", "imagenet"]
-
-# The one list of allowed values per field: read from the field types above.
-RETRIEVAL_DISTANCES: tuple[str, ...] = get_args(RetrievalDistance)
-RETRIEVAL_WEIGHTINGS: tuple[str, ...] = get_args(RetrievalWeighting)
-PIXEL_SCALINGS: tuple[str, ...] = get_args(PixelScaling)
+# The one list of allowed values per field lives beside the code that uses it (PyTorch- and
+# transformers-free, for the ONNX Runtime prediction path); the fields are typed with them.
+from .pixels_mclstexp import PIXEL_SCALINGS, PixelScaling
+from .retrieval_mclstexp import (
+    RETRIEVAL_DISTANCES,
+    RETRIEVAL_WEIGHTINGS,
+    RetrievalDistance,
+    RetrievalWeighting,
+)
 
 MAX_POSITION_LIMIT = 65536
 """Largest `max_position` accepted: the reference's table size. Two (65,536, 785) float tables

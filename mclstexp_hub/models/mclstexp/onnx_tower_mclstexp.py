@@ -10,8 +10,13 @@ PyTorch) next to the checkpoint. `attach_onnx_tower(model, folder)` loads it onl
 fingerprint matches the loaded weights, so a retrained or edited checkpoint never runs a stale
 export. The export is fp32 (bf16 stays with PyTorch's autocast).
 
+Running an export needs neither torch nor transformers: `checkpoint_tower_fingerprint(folder)`
+computes the same fingerprint from the checkpoint's files, so `mclstexp predict` can check and
+run the export without importing them (mclstexp_hub/prediction/onnx_runtime.py).
+
 Hub-bound remote code: imports only third-party packages; onnxruntime/onnx are optional and
-imported only when used (`pip install 'mclstexp-hub[onnx]'`).
+imported only when used (`pip install 'mclstexp-hub[onnx]'`); torch only to export or to
+fingerprint a loaded model.
 """
 
 from __future__ import annotations
@@ -21,11 +26,11 @@ import json
 import os
 import tempfile
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-import torch
-from torch import nn
+import numpy as np
 
 ONNX_TOWER_FILENAME = "image_tower.onnx"
 ONNX_TOWER_INFO_FILENAME = "image_tower_onnx.json"
@@ -33,35 +38,83 @@ EXPORT_CHECK_TOLERANCE = 1e-3  # max |onnx - torch| on the export's check batch 
 BACKENDS = ("auto", "torch", "onnxruntime")
 
 
-def tower_fingerprint(model: nn.Module) -> str:
-    """sha256 of what the tower's output depends on: encoder + projection weights and buffers,
-    the encoder's name and input size, the patch size and pixel scaling."""
-    config = model.config
+# What the tower's output depends on besides its weights (config fields).
+FINGERPRINT_CONFIG_KEYS = ("image_encoder", "encoder_input_size", "patch_size", "pixel_scaling",
+                           "image_encoder_final_activation")
+TOWER_MODULES = ("image_encoder", "image_projection")
+
+
+def _tower_digest(config_value, state: Iterable[tuple[str, str, bytes]]) -> str:
+    """The one fingerprint recipe: config fields, then (name, dtype, bytes) of every tensor."""
     digest = hashlib.sha256()
-    for key in ("image_encoder", "encoder_input_size", "patch_size", "pixel_scaling",
-                "image_encoder_final_activation"):
-        digest.update(f"{key}={getattr(config, key, None)}".encode())
-    digest_module_state(digest, model.image_encoder, "image_encoder")
-    digest_module_state(digest, model.image_projection, "image_projection")
+    for key in FINGERPRINT_CONFIG_KEYS:
+        digest.update(f"{key}={config_value(key)}".encode())
+    for name, dtype, data in state:
+        digest.update(f"{name}:{dtype}".encode())
+        digest.update(data)
     return digest.hexdigest()
 
 
-def digest_module_state(digest: Any, module: nn.Module, prefix: str = "") -> None:
-    """Feed every parameter and buffer of `module` (name, dtype, bytes) into a hashlib digest."""
+def tower_fingerprint(model: Any) -> str:
+    """sha256 of what the tower's output depends on: encoder + projection weights and buffers,
+    the encoder's name and input size, the patch size and pixel scaling."""
+    config = model.config
+
+    def state():
+        for prefix in TOWER_MODULES:
+            yield from _module_state(getattr(model, prefix), prefix)
+
+    return _tower_digest(lambda key: getattr(config, key, None), state())
+
+
+def checkpoint_tower_fingerprint(folder: str | os.PathLike) -> str | None:
+    """`tower_fingerprint` of the model saved in `folder`, from config.json and model.safetensors
+    without torch; None when the files cannot give it (absent, or a tensor NumPy cannot hold)."""
+    folder = Path(folder)
+    try:
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+        from safetensors import safe_open
+
+        with safe_open(os.fspath(folder / "model.safetensors"), framework="numpy") as f:
+            names = sorted(k for k in f.keys() if k.split(".", 1)[0] in TOWER_MODULES)
+            tensors = [(name, f.get_tensor(name)) for name in names]
+    except Exception:  # missing/unreadable files, bf16 tensors (no NumPy dtype), …
+        return None
+    if any(key not in config for key in FINGERPRINT_CONFIG_KEYS[:4]):
+        return None  # an older config: its defaults live in the config class (torch path)
+    state = ((name, f"torch.{array.dtype.name}", np.ascontiguousarray(array).tobytes())
+             for name, array in tensors)
+    return _tower_digest(lambda key: config.get(key), state)
+
+
+def _module_state(module: Any, prefix: str) -> Iterable[tuple[str, str, bytes]]:
+    import torch
+
     for name, tensor in sorted(module.state_dict().items()):
-        digest.update(f"{prefix}.{name}:{tensor.dtype}".encode())
-        digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+        raw = tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes()
+        yield f"{prefix}.{name}", str(tensor.dtype), raw
 
 
-class _TowerGraph(nn.Module):
-    """pixel_values (B, 3, S, S) → projected image embeddings (B, projection_dim)."""
+def digest_module_state(digest: Any, module: Any, prefix: str = "") -> None:
+    """Feed every parameter and buffer of `module` (name, dtype, bytes) into a hashlib digest."""
+    for name, dtype, data in _module_state(module, prefix):
+        digest.update(f"{name}:{dtype}".encode())
+        digest.update(data)
 
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
 
-    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        return self.model.get_image_features(pixel_values=pixel_values).pooler_output
+def _tower_graph(model: Any):
+    """pixel_values (B, 3, S, S) → projected image embeddings (B, projection_dim), as a module."""
+    from torch import nn
+
+    class _TowerGraph(nn.Module):
+        def __init__(self, model: nn.Module) -> None:
+            super().__init__()
+            self.model = model
+
+        def forward(self, pixel_values):
+            return self.model.get_image_features(pixel_values=pixel_values).pooler_output
+
+    return _TowerGraph(model)
 
 
 def _require_onnxruntime():
@@ -78,7 +131,9 @@ def _require_onnxruntime():
 def _session(path: str | os.PathLike, threads: int | None = None):
     ort = _require_onnxruntime()
     options = ort.SessionOptions()
-    options.intra_op_num_threads = int(threads or torch.get_num_threads())
+    # as many threads as torch would use: the CPUs this process may run on (or OMP_NUM_THREADS)
+    options.intra_op_num_threads = int(threads or os.environ.get("OMP_NUM_THREADS") or 0) or len(
+        os.sched_getaffinity(0))
     options.inter_op_num_threads = 1
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     return ort.InferenceSession(os.fspath(path), options, providers=["CPUExecutionProvider"])
@@ -93,18 +148,27 @@ class OnnxImageTower:
         self.session = _session(path)
         self.input_name = self.session.get_inputs()[0].name
 
-    def __call__(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        array = pixel_values.detach().to(torch.float32).contiguous().cpu().numpy()
+    def run(self, pixel_values: np.ndarray) -> np.ndarray:
+        """float32 ndarray (B, 3, S, S) → embeddings ndarray (B, D)."""
+        array = np.ascontiguousarray(pixel_values, dtype=np.float32)
         (embeds,) = self.session.run(None, {self.input_name: array})
-        return torch.from_numpy(embeds)
+        return embeds
+
+    def __call__(self, pixel_values: Any) -> Any:
+        """Tensor in, tensor out (the PyTorch pipeline's call)."""
+        import torch
+
+        return torch.from_numpy(self.run(pixel_values.detach().to(torch.float32).cpu().numpy()))
 
 
-def export_image_tower(model: nn.Module, folder: str | os.PathLike, batch: int = 4) -> dict[str, Any]:
+def export_image_tower(model: Any, folder: str | os.PathLike, batch: int = 4) -> dict[str, Any]:
     """Export `model`'s image tower to `folder`/image_tower.onnx (+ its info JSON), atomically.
 
     The export is checked before it is kept: ONNX Runtime and PyTorch must agree on a random
     batch to `EXPORT_CHECK_TOLERANCE`, else nothing is written. Returns the info record.
     """
+    import torch
+
     _require_onnxruntime()
     folder = Path(folder)
     if not folder.is_dir():
@@ -118,7 +182,7 @@ def export_image_tower(model: nn.Module, folder: str | os.PathLike, batch: int =
     started = time.perf_counter()
     tmp = Path(tempfile.mkdtemp(prefix=".onnx-export-", dir=folder))
     try:
-        graph = _TowerGraph(model).eval()
+        graph = _tower_graph(model).eval()
         target = tmp / ONNX_TOWER_FILENAME
         with torch.no_grad():
             reference = graph(example).numpy()
@@ -164,8 +228,9 @@ def export_image_tower(model: nn.Module, folder: str | os.PathLike, batch: int =
         model.train(was_training)
 
 
-def load_onnx_tower(model: nn.Module, folder: str | os.PathLike) -> tuple[OnnxImageTower | None, str]:
-    """The exported tower of `folder` if it matches `model`'s weights; else (None, why not)."""
+def read_export(folder: str | os.PathLike, fingerprint: str | None) -> tuple[dict[str, Any] | None, str]:
+    """The export record of `folder` if it vouches for weights with `fingerprint`; else
+    (None, why not, with the fix)."""
     folder = Path(folder)
     path, info_path = folder / ONNX_TOWER_FILENAME, folder / ONNX_TOWER_INFO_FILENAME
     if not path.is_file() or not info_path.is_file():
@@ -174,13 +239,21 @@ def load_onnx_tower(model: nn.Module, folder: str | os.PathLike) -> tuple[OnnxIm
         info = json.loads(info_path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         return None, f"{info_path}: unreadable ({exc}); re-export with `mclstexp onnx {folder}`"
-    if info.get("fingerprint") != tower_fingerprint(model):
+    if fingerprint is None or info.get("fingerprint") != fingerprint:
         return None, (f"{path} was exported from other weights than the checkpoint's (stale); "
                       f"re-export with `mclstexp onnx {folder}`")
-    return OnnxImageTower(path, info), "ok"
+    return info, "ok"
 
 
-def attach_onnx_tower(model: nn.Module, folder: str | os.PathLike, backend: str = "auto") -> dict[str, Any]:
+def load_onnx_tower(model: Any, folder: str | os.PathLike) -> tuple[OnnxImageTower | None, str]:
+    """The exported tower of `folder` if it matches `model`'s weights; else (None, why not)."""
+    info, why = read_export(folder, tower_fingerprint(model))
+    if info is None:
+        return None, why
+    return OnnxImageTower(Path(folder) / ONNX_TOWER_FILENAME, info), "ok"
+
+
+def attach_onnx_tower(model: Any, folder: str | os.PathLike, backend: str = "auto") -> dict[str, Any]:
     """Set `model.onnx_image_tower` for `backend` "auto" (when a valid export exists and
     onnxruntime is installed) or "onnxruntime" (required: raises with the fix); returns the
     provenance record."""
@@ -205,4 +278,5 @@ def attach_onnx_tower(model: nn.Module, folder: str | os.PathLike, backend: str 
 
 
 __all__ = ["BACKENDS", "ONNX_TOWER_FILENAME", "ONNX_TOWER_INFO_FILENAME", "OnnxImageTower",
-           "attach_onnx_tower", "digest_module_state", "export_image_tower", "load_onnx_tower", "tower_fingerprint"]
+           "attach_onnx_tower", "checkpoint_tower_fingerprint", "digest_module_state",
+           "export_image_tower", "load_onnx_tower", "read_export", "tower_fingerprint"]

@@ -6,16 +6,15 @@ batch 32). `auto` takes bf16 where the hardware computes it natively — CPUs wi
 AMX, and CUDA GPUs that support bf16 — and fp32 elsewhere (emulated bf16 is slower than fp32).
 Retrieval (cosine top-k, distance weights) always runs in fp32/fp64 on the embeddings.
 
-Hub-bound remote code: imports only third-party packages.
+Hub-bound remote code: imports only third-party packages; torch only where a tensor or a GPU
+is involved (the CPU rule serves the PyTorch-free ONNX Runtime prediction path too).
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
-from typing import Literal
-
-import torch
+from typing import Any, Literal
 
 Precision = Literal["auto", "fp32", "bf16"]
 PRECISIONS: tuple[str, ...] = ("auto", "fp32", "bf16")
@@ -35,12 +34,16 @@ def cpu_has_native_bf16() -> bool:
     return False
 
 
-def resolve_precision(precision: str | None, device: str | torch.device = "cpu") -> str:
-    """"auto" / None → "bf16" on native-bf16 hardware, else "fp32"; explicit values checked."""
+def resolve_precision(precision: str | None, device: Any = "cpu") -> str:
+    """"auto" / None → "bf16" on native-bf16 hardware, else "fp32"; explicit values checked.
+
+    `device`: a torch.device or its name ("cpu", "cuda:0"); torch is imported only for CUDA."""
     precision = "auto" if precision is None else str(precision)
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}; got {precision!r}.")
-    kind = torch.device(device).type
+    kind = getattr(device, "type", None) or str(device).split(":", 1)[0]
+    if kind == "cuda":
+        import torch
     if precision == "bf16":
         if kind == "cuda" and not torch.cuda.is_bf16_supported():
             raise ValueError("precision 'bf16' was requested but this GPU has no bf16 support; "
@@ -53,18 +56,22 @@ def resolve_precision(precision: str | None, device: str | torch.device = "cpu")
     return "bf16" if kind == "cpu" and cpu_has_native_bf16() else "fp32"
 
 
-def autocast(precision: str, device: str | torch.device = "cpu"):
+def autocast(precision: str, device: Any = "cpu"):
     """Context manager: bf16 autocast for "bf16", nothing for "fp32" (resolved precisions)."""
     if precision == "bf16":
+        import torch
+
         return torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
 
-def prepare_pixels(pixels: torch.Tensor, precision: str) -> torch.Tensor:
+def prepare_pixels(pixels: Any, precision: str) -> Any:
     """Channels-last memory layout, what oneDNN convolutions run fastest on, in bf16 *and* fp32
     (same numbers up to float rounding: DenseNet-121 fp32 ran 1.55x faster channels-last on this
     project's AVX2 CPU in benchmarks/bench_vs_reference.py)."""
     if pixels.ndim == 4:
+        import torch
+
         return pixels.contiguous(memory_format=torch.channels_last)
     return pixels
 

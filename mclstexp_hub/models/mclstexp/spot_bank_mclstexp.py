@@ -19,17 +19,22 @@ from typing import Any
 import numpy as np
 import torch
 
-SPOT_BANK_FILENAME = "spot_bank.safetensors"
+from .retrieval_mclstexp import (
+    BANK_FORMAT,
+    QUERY_BLOCK,
+    SPOT_BANK_FILENAME,
+    check_bank_serves,
+    check_k,
+    cosine_topk,
+    neighbour_weights,
+    read_spot_bank_file,
+    retrieve_arrays,
+    spot_bank_path,
+)
+from .retrieval_mclstexp import RETRIEVAL_DISTANCES as DISTANCES
+from .retrieval_mclstexp import RETRIEVAL_WEIGHTINGS as WEIGHTINGS
+
 BANK_FORMAT_VERSION = "1"
-
-from .configuration_mclstexp import RETRIEVAL_DISTANCES as DISTANCES  # noqa: E402
-from .configuration_mclstexp import RETRIEVAL_WEIGHTINGS as WEIGHTINGS  # noqa: E402
-
-# A spot whose embedding equals the query exactly would get weight 1/0; distances are floored
-# at this value so such a spot dominates the average instead of producing inf/NaN.
-_MIN_DISTANCE = 1e-8
-# Queries handled at once when turning neighbours into weights (bounds peak memory).
-QUERY_BLOCK = 1024
 
 
 @dataclass
@@ -101,14 +106,12 @@ class SpotBank:
         """Write the bank as one safetensors file (tensors + JSON metadata); atomic."""
         from safetensors.torch import save_file
 
-        path = os.fspath(path)
-        if os.path.isdir(path):
-            path = os.path.join(path, SPOT_BANK_FILENAME)
+        path = spot_bank_path(path)
         tensors = {"embeddings": self.embeddings, "expression": self.expression}
         if self.positions is not None:
             tensors["positions"] = self.positions.contiguous()
         header = {
-            "format": "mclstexp-spot-bank",
+            "format": BANK_FORMAT,
             "format_version": BANK_FORMAT_VERSION,
             "gene_names": json.dumps(self.gene_names),
             "section_ids": json.dumps(list(self.section_ids)),
@@ -126,60 +129,12 @@ class SpotBank:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> SpotBank:
-        from safetensors import safe_open
-
-        path = os.fspath(path)
-        if os.path.isdir(path):
-            path = os.path.join(path, SPOT_BANK_FILENAME)
-        if not os.path.isfile(path):
-            raise FileNotFoundError(
-                f"No spot bank at {path}. Build one with `mclstexp bank build CKPT --dataset ...` "
-                "or `model.attach_spot_bank(SpotBank(...))`."
-            )
-        try:
-            with safe_open(path, framework="pt") as f:
-                header = f.metadata() or {}
-                tensors = {k: f.get_tensor(k) for k in f.keys()}
-        except Exception as exc:  # safetensors raises several error types
-            raise ValueError(f"{path} is not a readable safetensors spot bank: {exc}") from exc
-        if header.get("format") != "mclstexp-spot-bank":
-            raise ValueError(
-                f"{path} is a safetensors file but not an mclstexp spot bank "
-                "(its metadata lacks format=mclstexp-spot-bank)."
-            )
-        return cls(
-            embeddings=tensors["embeddings"],
-            expression=tensors["expression"],
-            positions=tensors.get("positions"),
-            gene_names=json.loads(header["gene_names"]),
-            section_ids=json.loads(header.get("section_ids", "[]")),
-            patient_ids=json.loads(header.get("patient_ids", "[]")),
-            metadata=json.loads(header.get("metadata", "{}")),
-        )
+        return cls(**read_spot_bank_file(path, framework="pt"))
 
     # ---------------------------------------------------------------- checks
     def check_compatible(self, gene_names: list[str], embedding_dim: int) -> None:
         """Refuse a bank that cannot serve a model: genes or embedding width differ."""
-        if list(gene_names) != self.gene_names:
-            model_genes = list(gene_names)
-            first = next(
-                (i for i, (m, b) in enumerate(zip(model_genes, self.gene_names)) if m != b),
-                min(len(model_genes), len(self.gene_names)),
-            )
-            model_at = model_genes[first] if first < len(model_genes) else "<end>"
-            bank_at = self.gene_names[first] if first < len(self.gene_names) else "<end>"
-            raise ValueError(
-                "Spot bank genes do not match the model's `gene_names`: model has "
-                f"{len(model_genes)} genes, bank has {len(self.gene_names)}; first difference "
-                f"at position {first}: model {model_at!r}, bank {bank_at!r}. Build the bank "
-                "from data preprocessed with the model's gene panel."
-            )
-        if embedding_dim != self.embedding_dim:
-            raise ValueError(
-                f"Spot bank embedding width {self.embedding_dim} does not match the model's "
-                f"projection_dim {embedding_dim}. Rebuild the bank with this model "
-                "(`mclstexp bank build`)."
-            )
+        check_bank_serves(self.gene_names, self.embedding_dim, gene_names, embedding_dim)
 
     # ------------------------------------------------------------- retrieval
     def search(
@@ -233,31 +188,13 @@ class SpotBank:
                     )
                 _check_k(k, len(self))
                 _, indices = searcher.search(queries, k)
-            else:
-                _, indices = self.search(queries, k, chunk_size=chunk_size)
-        indices = torch.as_tensor(indices, dtype=torch.int64)
-        weight_blocks, expression_blocks, spread_blocks = [], [], []
-        for start in range(0, queries.shape[0], QUERY_BLOCK):
-            q = queries[start : start + QUERY_BLOCK]
-            idx = indices[start : start + QUERY_BLOCK]
-            w = retrieval_weights(q, self.embeddings[idx], distance, weighting)
-            weight_blocks.append(w)
-            neighbours = self.expression[idx]  # (q, k, G)
-            mean = torch.einsum("qk,qkg->qg", w, neighbours)
-            expression_blocks.append(mean)
-            if return_neighbour_spread:
-                # Shifted by the first neighbour (exactly 0 when all neighbours agree, which a
-                # weighted mean with float weights summing to 1 ± eps is not).
-                shifted = neighbours - neighbours[:, :1, :]  # new tensor; the bank is untouched
-                m1 = torch.einsum("qk,qkg->qg", w, shifted)
-                m2 = torch.einsum("qk,qkg->qg", w, shifted.square_())
-                spread_blocks.append((m2 - m1.square()).clamp_min_(0.0).sqrt_())
-        if not weight_blocks:
-            empty = torch.empty(0, indices.shape[1] if indices.ndim == 2 else k)
-            out = (torch.empty(0, self.n_genes), indices.reshape(0, empty.shape[1]), empty)
-            return (*out, torch.empty(0, self.n_genes)) if return_neighbour_spread else out
-        out = (torch.cat(expression_blocks), indices, torch.cat(weight_blocks))
-        return (*out, torch.cat(spread_blocks)) if return_neighbour_spread else out
+        if indices is not None:  # else exact cosine top-k inside retrieve_arrays
+            indices = torch.as_tensor(indices, dtype=torch.int64).cpu().numpy()
+        out = retrieve_arrays(queries.detach().cpu().numpy(), self.embeddings.numpy(),
+                              self.expression.numpy(), k, distance, weighting, indices=indices,
+                              return_neighbour_spread=return_neighbour_spread,
+                              chunk_size=chunk_size)
+        return tuple(torch.from_numpy(np.ascontiguousarray(a)) for a in out)
 
     def predict(
         self,
@@ -273,71 +210,29 @@ class SpotBank:
         return self.retrieve(queries, k, distance, weighting, chunk_size, searcher, indices)[0]
 
 
-def _check_k(k: int, n: int) -> None:
-    if not isinstance(k, int) or k < 1:
-        raise ValueError(f"retrieval_k must be a positive integer; got {k!r}.")
-    if k > n:
-        raise ValueError(
-            f"retrieval_k={k} is larger than the spot bank ({n} spots). Use k <= {n} "
-            "(e.g. `model.config.retrieval_k = ...`) or a larger bank."
-        )
+_check_k = check_k
 
 
 def exact_cosine_topk(
     queries: torch.Tensor, bank: torch.Tensor, k: int, chunk_size: int = 65536
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Cosine top-k of each query over `bank`, scanning the bank in chunks."""
-    _check_k(k, bank.shape[0])
-    q = torch.nn.functional.normalize(torch.as_tensor(queries, dtype=torch.float32), dim=-1)
-    best_sim: torch.Tensor | None = None
-    best_idx: torch.Tensor | None = None
-    for start in range(0, bank.shape[0], chunk_size):
-        chunk = torch.nn.functional.normalize(bank[start : start + chunk_size].float(), dim=-1)
-        sim = q @ chunk.T
-        kk = min(k, sim.shape[1])
-        s, i = sim.topk(kk, dim=1)
-        i = i + start
-        if best_sim is None:
-            best_sim, best_idx = s, i
-        else:
-            s = torch.cat([best_sim, s], dim=1)
-            i = torch.cat([best_idx, i], dim=1)
-            best_sim, order = s.topk(min(k, s.shape[1]), dim=1)
-            best_idx = i.gather(1, order)
-    assert best_sim is not None and best_idx is not None
-    return best_sim, best_idx
+    """Cosine top-k of each query over `bank`, scanning the bank in chunks (tensors in, out)."""
+    sims, idx = cosine_topk(_array(queries), _array(bank), k, chunk_size=chunk_size)
+    return torch.from_numpy(sims), torch.from_numpy(idx)
 
 
 def retrieval_weights(
     queries: torch.Tensor, neighbours: torch.Tensor, distance: str, weighting: str
 ) -> torch.Tensor:
-    """Weights (Q, k) summing to 1 from query (Q, D) to its neighbours (Q, k, D).
+    """Weights (Q, k) summing to 1 from query (Q, D) to its neighbours (Q, k, D) (tensors)."""
+    return torch.from_numpy(neighbour_weights(_array(queries), _array(neighbours), distance,
+                                              weighting))
 
-    inverse_square: w ∝ 1/d² (the paper; the reference code uses L1 d);
-    mean: uniform (BLEEP); softmax: w ∝ exp(-d).
-    """
-    if distance not in DISTANCES:
-        raise ValueError(f"retrieval distance must be one of {DISTANCES}; got {distance!r}.")
-    if weighting not in WEIGHTINGS:
-        raise ValueError(f"retrieval weighting must be one of {WEIGHTINGS}; got {weighting!r}.")
-    k = neighbours.shape[1]
-    if weighting == "mean":
-        return torch.full(neighbours.shape[:2], 1.0 / k, dtype=torch.float32)
-    diff = neighbours.double() - queries.double()[:, None, :]
-    if distance == "l1":
-        d = diff.abs().sum(-1)
-    elif distance == "l2":
-        d = diff.pow(2).sum(-1).sqrt()
-    else:
-        qn = torch.nn.functional.normalize(queries.double(), dim=-1)
-        nn_ = torch.nn.functional.normalize(neighbours.double(), dim=-1)
-        d = 1.0 - torch.einsum("qd,qkd->qk", qn, nn_)
-    if weighting == "inverse_square":
-        w = 1.0 / d.clamp_min(_MIN_DISTANCE).pow(2)
-        w = w / w.sum(dim=1, keepdim=True)
-    else:
-        w = torch.softmax(-d, dim=1)
-    return w.float()
+
+def _array(x) -> np.ndarray:
+    if isinstance(x, torch.Tensor):
+        return x.detach().float().cpu().numpy()
+    return np.asarray(x, dtype=np.float32)
 
 
 def bank_to_numpy(bank: SpotBank) -> dict[str, np.ndarray]:

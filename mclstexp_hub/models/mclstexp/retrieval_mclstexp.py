@@ -1,0 +1,233 @@
+"""Retrieval arithmetic in NumPy: cosine top-k, distance weights, the weighted mean and spread.
+
+The one implementation behind `SpotBank.retrieve` (PyTorch tensors in and out) and the
+PyTorch-free prediction runtime (`mclstexp predict` with the ONNX Runtime tower, which never
+imports torch). Also the spot-bank file format's reader, for the same two callers.
+
+Hub-bound remote code: imports only third-party packages (NumPy; safetensors when reading).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Literal, get_args
+
+import numpy as np
+
+RetrievalDistance = Literal["l1", "l2", "cosine"]
+RetrievalWeighting = Literal["inverse_square", "mean", "softmax"]
+# The one list of allowed values per field (the config validates against these types).
+RETRIEVAL_DISTANCES: tuple[str, ...] = get_args(RetrievalDistance)
+RETRIEVAL_WEIGHTINGS: tuple[str, ...] = get_args(RetrievalWeighting)
+
+SPOT_BANK_FILENAME = "spot_bank.safetensors"
+# A FAISS index of the bank saved beside it (`mclstexp bank build --index`; mclstexp_hub.retrieval).
+SAVED_INDEX_FILENAME = "spot_bank.faiss"
+BANK_FORMAT = "mclstexp-spot-bank"
+
+# A spot whose embedding equals the query exactly would get weight 1/0; distances are floored
+# at this value so such a spot dominates the average instead of producing inf/NaN.
+MIN_DISTANCE = 1e-8
+# Queries handled at once when turning neighbours into weights (bounds peak memory).
+QUERY_BLOCK = 1024
+
+
+def check_k(k: int, n: int) -> None:
+    if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or k < 1:
+        raise ValueError(f"retrieval_k must be a positive integer; got {k!r}.")
+    if k > n:
+        raise ValueError(
+            f"retrieval_k={k} is larger than the spot bank ({n} spots). Use k <= {n} "
+            "(e.g. `model.config.retrieval_k = ...`) or a larger bank."
+        )
+
+
+def _unit_rows(x: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit L2 norm (norms floored at 1e-12, as torch's normalize)."""
+    x = np.asarray(x, dtype=np.float32)
+    norms = np.sqrt(np.einsum("ij,ij->i", x, x, dtype=np.float64)).astype(np.float32)
+    return x / np.maximum(norms, 1e-12)[:, None]
+
+
+def cosine_topk(queries: np.ndarray, bank: np.ndarray, k: int,
+                chunk_size: int = 65536) -> tuple[np.ndarray, np.ndarray]:
+    """Cosine top-k of each query (Q, D) over `bank` (N, D), most similar first.
+
+    The bank is scanned in chunks of `chunk_size` rows with a running top-k, so peak memory is
+    O(Q * (chunk_size + k)) however large the bank is. Returns (similarities float32, indices
+    int64), each (Q, k).
+    """
+    n = int(np.shape(bank)[0])
+    check_k(k, n)
+    q = _unit_rows(queries)
+    best_sim = np.empty((q.shape[0], 0), dtype=np.float32)
+    best_idx = np.empty((q.shape[0], 0), dtype=np.int64)
+    for start in range(0, n, chunk_size):
+        chunk = q @ _unit_rows(bank[start : start + chunk_size]).T
+        chunk_idx = np.broadcast_to(np.arange(start, start + chunk.shape[1], dtype=np.int64),
+                                    chunk.shape)
+        sim = np.concatenate([best_sim, chunk], axis=1)
+        idx = np.concatenate([best_idx, chunk_idx], axis=1)
+        kk = min(k, sim.shape[1])
+        if kk < sim.shape[1]:
+            part = np.argpartition(-sim, kk - 1, axis=1)[:, :kk]
+            sim, idx = np.take_along_axis(sim, part, 1), np.take_along_axis(idx, part, 1)
+        order = np.argsort(-sim, axis=1, kind="stable")
+        best_sim, best_idx = np.take_along_axis(sim, order, 1), np.take_along_axis(idx, order, 1)
+    return np.ascontiguousarray(best_sim), np.ascontiguousarray(best_idx)
+
+
+def neighbour_weights(queries: np.ndarray, neighbours: np.ndarray, distance: str,
+                      weighting: str) -> np.ndarray:
+    """Weights (Q, k) summing to 1 from queries (Q, D) to their neighbours (Q, k, D).
+
+    inverse_square: w ∝ 1/d² (the paper; the reference code uses L1 d); mean: uniform (BLEEP);
+    softmax: w ∝ exp(-d). Distances in float64, weights returned in float32.
+    """
+    if distance not in RETRIEVAL_DISTANCES:
+        raise ValueError(f"retrieval distance must be one of {RETRIEVAL_DISTANCES}; got {distance!r}.")
+    if weighting not in RETRIEVAL_WEIGHTINGS:
+        raise ValueError(f"retrieval weighting must be one of {RETRIEVAL_WEIGHTINGS}; got {weighting!r}.")
+    neighbours = np.asarray(neighbours)
+    q_count, k = neighbours.shape[:2]
+    if weighting == "mean":
+        return np.full((q_count, k), 1.0 / k, dtype=np.float32)
+    q64 = np.asarray(queries, dtype=np.float64)
+    n64 = neighbours.astype(np.float64)
+    if distance == "cosine":
+        qn = q64 / np.maximum(np.linalg.norm(q64, axis=-1, keepdims=True), 1e-12)
+        nn_ = n64 / np.maximum(np.linalg.norm(n64, axis=-1, keepdims=True), 1e-12)
+        d = 1.0 - np.einsum("qd,qkd->qk", qn, nn_)
+    else:
+        diff = n64 - q64[:, None, :]
+        d = np.abs(diff).sum(-1) if distance == "l1" else np.sqrt(np.square(diff).sum(-1))
+    if weighting == "inverse_square":
+        w = 1.0 / np.square(np.maximum(d, MIN_DISTANCE))
+        w = w / w.sum(axis=1, keepdims=True)
+    else:
+        shifted = -d - (-d).max(axis=1, keepdims=True)
+        w = np.exp(shifted)
+        w = w / w.sum(axis=1, keepdims=True)
+    return w.astype(np.float32)
+
+
+def retrieve_arrays(
+    queries: np.ndarray,
+    embeddings: np.ndarray,
+    expression: np.ndarray,
+    k: int,
+    distance: str = "l1",
+    weighting: str = "inverse_square",
+    indices: np.ndarray | None = None,
+    return_neighbour_spread: bool = False,
+    chunk_size: int = 65536,
+) -> tuple[np.ndarray, ...]:
+    """(expression (Q, G), neighbour indices (Q, k), weights (Q, k)[, spread (Q, G)]).
+
+    Neighbours are `indices` when given (from an index such as FAISS), else exact cosine top-k.
+    The spread is the weighted standard deviation of the k neighbours' expression around the
+    prediction (sqrt(sum_k w_k (x_kg - pred_g)^2)), computed shifted by the first neighbour so
+    it is exactly zero when all neighbours agree. Work goes in blocks of `QUERY_BLOCK` queries
+    so the gathered (q, k, G) neighbour expression stays bounded.
+    """
+    queries = np.asarray(queries, dtype=np.float32)
+    if indices is None:
+        _, indices = cosine_topk(queries, embeddings, k, chunk_size=chunk_size)
+    indices = np.asarray(indices, dtype=np.int64)
+    width = indices.shape[1] if indices.ndim == 2 else k
+    n_genes = int(np.shape(expression)[1])
+    out = np.empty((queries.shape[0], n_genes), dtype=np.float32)
+    weights = np.empty((queries.shape[0], width), dtype=np.float32)
+    spread = np.empty_like(out) if return_neighbour_spread else None
+    for start in range(0, queries.shape[0], QUERY_BLOCK):
+        stop = start + QUERY_BLOCK
+        idx = indices[start:stop]
+        w = neighbour_weights(queries[start:stop], embeddings[idx], distance, weighting)
+        weights[start:stop] = w
+        neighbours = expression[idx]  # (q, k, G), a gathered copy: the bank is untouched
+        out[start:stop] = np.matmul(w[:, None, :], neighbours)[:, 0, :]
+        if spread is not None:
+            neighbours -= neighbours[:, :1, :]
+            m1 = np.matmul(w[:, None, :], neighbours)[:, 0, :]
+            np.square(neighbours, out=neighbours)
+            m2 = np.matmul(w[:, None, :], neighbours)[:, 0, :]
+            spread[start:stop] = np.sqrt(np.maximum(m2 - np.square(m1), 0.0))
+    result = (out, indices.reshape(-1, width), weights)
+    return (*result, spread) if spread is not None else result
+
+
+# ---------------------------------------------------------------------- the bank file
+def spot_bank_path(path: str | os.PathLike) -> str:
+    path = os.fspath(path)
+    return os.path.join(path, SPOT_BANK_FILENAME) if os.path.isdir(path) else path
+
+
+def read_spot_bank_file(path: str | os.PathLike, framework: str = "numpy") -> dict[str, Any]:
+    """The arrays and header of a `spot_bank.safetensors` (folder or file), checked.
+
+    framework "numpy" or "pt" (tensor type of the arrays). Returns embeddings, expression,
+    positions (or None), gene_names, section_ids, patient_ids, metadata.
+    """
+    from safetensors import safe_open
+
+    path = spot_bank_path(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(
+            f"No spot bank at {path}. Build one with `mclstexp bank build CKPT --dataset ...` "
+            "or `model.attach_spot_bank(SpotBank(...))`."
+        )
+    try:
+        with safe_open(path, framework=framework) as f:
+            header = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as exc:  # safetensors raises several error types
+        raise ValueError(f"{path} is not a readable safetensors spot bank: {exc}") from exc
+    if header.get("format") != BANK_FORMAT:
+        raise ValueError(
+            f"{path} is a safetensors file but not an mclstexp spot bank "
+            f"(its metadata lacks format={BANK_FORMAT})."
+        )
+    missing = [name for name in ("embeddings", "expression") if name not in tensors]
+    if missing or "gene_names" not in header:
+        raise ValueError(f"{path}: spot bank lacks {missing or ['gene_names']}; rebuild it with "
+                         "`mclstexp bank build`.")
+    return {
+        "embeddings": tensors["embeddings"],
+        "expression": tensors["expression"],
+        "positions": tensors.get("positions"),
+        "gene_names": json.loads(header["gene_names"]),
+        "section_ids": json.loads(header.get("section_ids", "[]")),
+        "patient_ids": json.loads(header.get("patient_ids", "[]")),
+        "metadata": json.loads(header.get("metadata", "{}")),
+    }
+
+
+def check_bank_serves(bank_genes: list[str], bank_dim: int, gene_names: list[str],
+                      embedding_dim: int) -> None:
+    """Refuse a bank that cannot serve a model: genes or embedding width differ."""
+    model_genes, bank_genes = [str(g) for g in gene_names], [str(g) for g in bank_genes]
+    if model_genes != bank_genes:
+        first = next((i for i, (m, b) in enumerate(zip(model_genes, bank_genes)) if m != b),
+                     min(len(model_genes), len(bank_genes)))
+        model_at = model_genes[first] if first < len(model_genes) else "<end>"
+        bank_at = bank_genes[first] if first < len(bank_genes) else "<end>"
+        raise ValueError(
+            "Spot bank genes do not match the model's `gene_names`: model has "
+            f"{len(model_genes)} genes, bank has {len(bank_genes)}; first difference "
+            f"at position {first}: model {model_at!r}, bank {bank_at!r}. Build the bank "
+            "from data preprocessed with the model's gene panel."
+        )
+    if embedding_dim != bank_dim:
+        raise ValueError(
+            f"Spot bank embedding width {bank_dim} does not match the model's "
+            f"projection_dim {embedding_dim}. Rebuild the bank with this model "
+            "(`mclstexp bank build`)."
+        )
+
+
+__all__ = [
+    "MIN_DISTANCE", "QUERY_BLOCK", "RETRIEVAL_DISTANCES", "RETRIEVAL_WEIGHTINGS",
+    "SAVED_INDEX_FILENAME", "SPOT_BANK_FILENAME", "check_bank_serves", "check_k", "cosine_topk", "neighbour_weights",
+    "read_spot_bank_file", "retrieve_arrays", "spot_bank_path",
+]

@@ -1,0 +1,143 @@
+"""`mclstexp predict` without PyTorch: ONNX Runtime tower + NumPy retrieval.
+
+The PyTorch-free runtime must give the pipeline's predictions, never import torch or
+transformers, and step aside (to the PyTorch pipeline) whenever a condition fails: stale export,
+bf16, an explicit torch backend, a saved FAISS index. Synthetic checkpoint from conftest.py.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+
+import anndata as ad
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("onnxruntime", reason="the onnx extra (onnxruntime) is not installed")
+
+from mclstexp_hub import MclSTExpModel
+from mclstexp_hub.cli import main
+from mclstexp_hub.models.mclstexp.onnx_tower_mclstexp import (
+    ONNX_TOWER_INFO_FILENAME,
+    checkpoint_tower_fingerprint,
+    tower_fingerprint,
+)
+from mclstexp_hub.models.mclstexp.pixels_mclstexp import scale_pixel_values
+from mclstexp_hub.models.mclstexp.retrieval_mclstexp import SAVED_INDEX_FILENAME
+from mclstexp_hub.prediction.onnx_runtime import RUNTIME, onnx_predictor
+from mclstexp_hub.prediction.predict import load_pipeline, predict_to_h5ad
+
+
+@pytest.fixture(scope="module")
+def exported(synthetic, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("onnx_runtime") / "ckpt"
+    shutil.copytree(synthetic.checkpoint, folder)
+    assert main(["onnx", str(folder)]) == 0
+    return folder
+
+
+def _predict(model, synthetic, out, *extra):
+    return main(["predict", "--model", str(model), "--image", str(synthetic.image), "--spots",
+                 str(synthetic.spots_csv), "--out", str(out), "--quiet", "--device", "cpu",
+                 *extra])
+
+
+def test_fingerprint_from_the_files_equals_the_loaded_models(exported):
+    model = MclSTExpModel.from_pretrained(exported)
+    assert checkpoint_tower_fingerprint(exported) == tower_fingerprint(model)
+    recorded = json.loads((exported / ONNX_TOWER_INFO_FILENAME).read_text())["fingerprint"]
+    assert recorded == tower_fingerprint(model)
+
+
+def test_numpy_and_torch_pixel_scaling_are_identical():
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 256, size=(2, 3, 8, 8), dtype=np.uint8)
+    for scaling in ("unit", "imagenet"):
+        from_numpy = scale_pixel_values(pixels, scaling)
+        from_torch = scale_pixel_values(torch.from_numpy(pixels), scaling).numpy()
+        assert from_numpy.dtype == np.float32
+        np.testing.assert_array_equal(from_numpy, from_torch)
+    with pytest.raises(ValueError, match="uint8"):
+        scale_pixel_values(pixels.astype(np.float32), "unit")
+
+
+def test_torch_free_prediction_equals_the_pipelines(exported, synthetic, tmp_path, capsys):
+    assert _predict(exported, synthetic, tmp_path / "torch.h5ad", "--backend", "torch") == 0
+    assert _predict(exported, synthetic, tmp_path / "onnx.h5ad") == 0, capsys.readouterr().err
+    torch_run, onnx_run = ad.read_h5ad(tmp_path / "torch.h5ad"), ad.read_h5ad(tmp_path / "onnx.h5ad")
+    info = onnx_run.uns["mclstexp"]
+    assert info["runtime"] == RUNTIME and info["image_tower_backend"] == "onnxruntime"
+    assert info["precision"] == "fp32" and info["retrieval_search"] == "exact"
+    assert torch_run.uns["mclstexp"]["runtime"] == "pytorch"
+    assert "--backend torch" in torch_run.uns["mclstexp"]["runtime_note"]
+    np.testing.assert_allclose(onnx_run.X, torch_run.X, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(onnx_run.layers["neighbour_spread"],
+                               torch_run.layers["neighbour_spread"], rtol=1e-4, atol=1e-5)
+    # the same export run by the PyTorch pipeline: the same AnnData and provenance
+    pipe = load_pipeline(exported, device="cpu", backend="onnxruntime")
+    predict_to_h5ad(exported, synthetic.image, tmp_path / "piped.h5ad",
+                    spots_csv=synthetic.spots_csv, progress=False, pipe=pipe)
+    piped = ad.read_h5ad(tmp_path / "piped.h5ad")
+    np.testing.assert_allclose(onnx_run.X, piped.X, rtol=1e-5, atol=1e-6)
+    assert list(onnx_run.obs_names) == list(piped.obs_names)
+    assert list(onnx_run.var_names) == list(piped.var_names)
+    np.testing.assert_array_equal(onnx_run.obsm["spatial"], piped.obsm["spatial"])
+    library = next(iter(piped.uns["spatial"]))
+    np.testing.assert_array_equal(onnx_run.uns["spatial"][library]["images"]["hires"],
+                                  piped.uns["spatial"][library]["images"]["hires"])
+    for key, value in piped.uns["mclstexp"].items():
+        if key not in ("created", "output"):
+            assert str(info[key]) == str(value), key
+
+
+def test_the_runtime_never_imports_torch_or_transformers(exported, synthetic, tmp_path):
+    script = (
+        "import sys\n"
+        "from mclstexp_hub.cli import main\n"
+        f"code = main(['predict', '--model', {str(exported)!r}, '--image', {str(synthetic.image)!r},"
+        f" '--spots', {str(synthetic.spots_csv)!r}, '--out', {str(tmp_path / 'p.h5ad')!r},"
+        " '--quiet', '--device', 'cpu'])\n"
+        "loaded = [m for m in ('torch', 'transformers', 'torchvision', 'timm') if m in sys.modules]\n"
+        "print('LOADED', loaded)\n"
+        "sys.exit(code)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "LOADED []" in done.stdout, done.stdout
+    assert ad.read_h5ad(tmp_path / "p.h5ad").uns["mclstexp"]["runtime"] == RUNTIME
+
+
+def test_the_runtime_steps_aside_when_a_condition_fails(exported, synthetic, tmp_path):
+    assert onnx_predictor(exported, device="cpu")[0] is not None
+    assert onnx_predictor(exported, device="cpu", backend="torch") == (None, "--backend torch")
+    assert "bf16" in onnx_predictor(exported, device="cpu", precision="bf16")[1]
+    assert "--device cuda" in onnx_predictor(exported, device="cuda")[1]
+    assert onnx_predictor(tmp_path / "nowhere", device="cpu")[0] is None
+    # other weights than the export's: stale, never run
+    stale = tmp_path / "stale"
+    shutil.copytree(exported, stale)
+    model = MclSTExpModel.from_pretrained(stale)
+    with torch.no_grad():
+        model.image_projection.linear_in.weight.mul_(1.01)
+    model.save_pretrained(stale)
+    runner, why = onnx_predictor(stale, device="cpu")
+    assert runner is None and "stale" in why
+    # a saved FAISS index is attached by the PyTorch path: step aside
+    indexed = tmp_path / "indexed"
+    shutil.copytree(exported, indexed)
+    (indexed / SAVED_INDEX_FILENAME).write_bytes(b"")
+    assert SAVED_INDEX_FILENAME in onnx_predictor(indexed, device="cpu")[1]
+
+
+def test_an_explicit_k_is_used_and_a_bad_one_refused(exported, synthetic, tmp_path, capsys):
+    assert _predict(exported, synthetic, tmp_path / "k3.h5ad", "--k", "3") == 0
+    assert ad.read_h5ad(tmp_path / "k3.h5ad").uns["mclstexp"]["retrieval_k"] == 3
+    code = _predict(exported, synthetic, tmp_path / "k0.h5ad", "--k", str(10 ** 6))
+    err = capsys.readouterr().err
+    assert code == 2 and "larger than the spot bank" in err and "Traceback" not in err
+    assert not (tmp_path / "k0.h5ad").exists()
