@@ -499,7 +499,7 @@ TINY_CONFIG = {
 TINY_GENES = [f"GENE{i}" for i in range(12)]
 # Remote code that only the pipeline and the image processor need.
 PIPELINE_CODE_FILES = ("pipeline_mclstexp.py", "image_processing_mclstexp.py",
-                       "pixels_mclstexp.py", "slide_io_mclstexp.py")
+                       "slide_io_mclstexp.py", "slide_predict_mclstexp.py")
 
 
 def make_checkpoint(

@@ -29,9 +29,10 @@ from hub_server import (
 
 PACKAGE_DIR = Path(__file__).resolve().parents[1] / "mclstexp_hub" / "models" / "mclstexp"
 BASE_FILES = {"config.json", "model.safetensors", "spot_bank.safetensors",
-              "configuration_mclstexp.py", "modeling_mclstexp.py", "spot_bank_mclstexp.py"}
+              "configuration_mclstexp.py", "modeling_mclstexp.py", "spot_bank_mclstexp.py",
+              "retrieval_mclstexp.py", "pixels_mclstexp.py"}
 DERIVED = {"preprocessor_config.json", "pipeline_mclstexp.py", "image_processing_mclstexp.py",
-           "pixels_mclstexp.py", "slide_io_mclstexp.py", "precision_mclstexp.py"}
+           "slide_io_mclstexp.py", "precision_mclstexp.py", "slide_predict_mclstexp.py"}
 
 
 # ================================================================ client (subprocess side)
