@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Literal, get_args
 
 import numpy as np
@@ -50,32 +51,54 @@ def _unit_rows(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(norms, 1e-12)[:, None]
 
 
+def _rows_topk(sim: np.ndarray, k: int) -> np.ndarray:
+    """Column indices of the k largest values of each row, unordered (k < sim.shape[1])."""
+    return np.argpartition(sim, sim.shape[1] - k, axis=1)[:, sim.shape[1] - k :]
+
+
 def cosine_topk(queries: np.ndarray, bank: np.ndarray, k: int,
                 chunk_size: int = 65536) -> tuple[np.ndarray, np.ndarray]:
     """Cosine top-k of each query (Q, D) over `bank` (N, D), most similar first.
 
-    The bank is scanned in chunks of `chunk_size` rows with a running top-k, so peak memory is
-    O(Q * (chunk_size + k)) however large the bank is. Returns (similarities float32, indices
-    int64), each (Q, k).
+    The bank is scanned in chunks of `chunk_size` rows with a running top-k (each chunk's own
+    top-k merged with the best so far), so peak memory is O(Q * (chunk_size + k)) however large
+    the bank is. The per-row selection runs on query blocks in threads (NumPy releases the GIL
+    there). Returns (similarities float32, indices int64), each (Q, k).
     """
     n = int(np.shape(bank)[0])
     check_k(k, n)
     q = _unit_rows(queries)
     best_sim = np.empty((q.shape[0], 0), dtype=np.float32)
     best_idx = np.empty((q.shape[0], 0), dtype=np.int64)
-    for start in range(0, n, chunk_size):
-        chunk = q @ _unit_rows(bank[start : start + chunk_size]).T
-        chunk_idx = np.broadcast_to(np.arange(start, start + chunk.shape[1], dtype=np.int64),
-                                    chunk.shape)
-        sim = np.concatenate([best_sim, chunk], axis=1)
-        idx = np.concatenate([best_idx, chunk_idx], axis=1)
-        kk = min(k, sim.shape[1])
-        if kk < sim.shape[1]:
-            part = np.argpartition(-sim, kk - 1, axis=1)[:, :kk]
-            sim, idx = np.take_along_axis(sim, part, 1), np.take_along_axis(idx, part, 1)
-        order = np.argsort(-sim, axis=1, kind="stable")
-        best_sim, best_idx = np.take_along_axis(sim, order, 1), np.take_along_axis(idx, order, 1)
-    return np.ascontiguousarray(best_sim), np.ascontiguousarray(best_idx)
+    blocks = [slice(i, i + _SELECT_BLOCK) for i in range(0, q.shape[0], _SELECT_BLOCK)]
+    with ThreadPoolExecutor(max_workers=_threads()) as pool:
+        for start in range(0, n, chunk_size):
+            chunk = q @ _unit_rows(bank[start : start + chunk_size]).T
+            if k < chunk.shape[1]:
+                cols = np.concatenate(list(pool.map(lambda rows: _rows_topk(chunk[rows], k), blocks))
+                                      or [np.empty((0, k), dtype=np.int64)])
+                chunk = np.take_along_axis(chunk, cols, 1)
+            else:
+                cols = np.broadcast_to(np.arange(chunk.shape[1]), chunk.shape)
+            sim = np.concatenate([best_sim, chunk], axis=1)
+            idx = np.concatenate([best_idx, cols.astype(np.int64) + start], axis=1)
+            if k < sim.shape[1]:
+                keep = _rows_topk(sim, k)
+                sim, idx = np.take_along_axis(sim, keep, 1), np.take_along_axis(idx, keep, 1)
+            best_sim, best_idx = sim, idx
+    order = np.argsort(-best_sim, axis=1, kind="stable")
+    return (np.ascontiguousarray(np.take_along_axis(best_sim, order, 1)),
+            np.ascontiguousarray(np.take_along_axis(best_idx, order, 1)))
+
+
+_SELECT_BLOCK = 256  # queries per top-k selection task
+
+
+def _threads() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
 
 
 def neighbour_weights(queries: np.ndarray, neighbours: np.ndarray, distance: str,
