@@ -163,6 +163,18 @@ def synthetic(tmp_path_factory: pytest.TempPathFactory) -> SyntheticAssets:
     )
 
 
+@pytest.fixture(scope="session")
+def exported(synthetic: SyntheticAssets, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of the synthetic checkpoint with its image tower exported (`mclstexp onnx`)."""
+    pytest.importorskip("onnxruntime", reason="the onnx extra (onnxruntime) is not installed")
+    from mclstexp_hub.cli import main
+
+    folder = tmp_path_factory.mktemp("onnx") / "ckpt"
+    shutil.copytree(synthetic.checkpoint, folder)
+    assert main(["onnx", str(folder)]) == 0
+    return folder
+
+
 # --- real HER2+ fixtures (tests using them are marked realdata and skip without the data) ----
 
 

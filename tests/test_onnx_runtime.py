@@ -32,14 +32,6 @@ from mclstexp_hub.prediction.onnx_runtime import RUNTIME, onnx_predictor
 from mclstexp_hub.prediction.predict import load_pipeline, predict_to_h5ad
 
 
-@pytest.fixture(scope="module")
-def exported(synthetic, tmp_path_factory):
-    folder = tmp_path_factory.mktemp("onnx_runtime") / "ckpt"
-    shutil.copytree(synthetic.checkpoint, folder)
-    assert main(["onnx", str(folder)]) == 0
-    return folder
-
-
 def _predict(model, synthetic, out, *extra):
     return main(["predict", "--model", str(model), "--image", str(synthetic.image), "--spots",
                  str(synthetic.spots_csv), "--out", str(out), "--quiet", "--device", "cpu",
@@ -105,7 +97,7 @@ def test_the_runtime_never_imports_torch_or_transformers(exported, synthetic, tm
         "print('LOADED', loaded)\n"
         "sys.exit(code)\n"
     )
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=False,
                           timeout=300)
     assert done.returncode == 0, done.stderr
     assert "LOADED []" in done.stdout, done.stdout

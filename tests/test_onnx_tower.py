@@ -25,14 +25,6 @@ from mclstexp_hub.models.mclstexp.onnx_tower_mclstexp import (
 )
 
 
-@pytest.fixture(scope="module")
-def exported(synthetic, tmp_path_factory):
-    folder = tmp_path_factory.mktemp("onnx") / "ckpt"
-    shutil.copytree(synthetic.checkpoint, folder)
-    assert main(["onnx", str(folder)]) == 0
-    return folder
-
-
 def test_export_agrees_with_torch_and_records_its_source(exported):
     info = json.loads((exported / ONNX_TOWER_INFO_FILENAME).read_text())
     assert (exported / ONNX_TOWER_FILENAME).stat().st_size > 0
