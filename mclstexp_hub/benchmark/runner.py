@@ -125,6 +125,15 @@ def profile_description(prof, paper_prof, bn_calibration: str, image_encoder: st
             f"image encoder ({encoder}) FROZEN; {bn}; its pooled features cached once for "
             f"{views}; only the spot tower and both projection heads are trained"
         )
+    elif getattr(prof, "cache_stage", None):
+        views = (("1 clean + " if prof.include_clean_view else "")
+                 + f"{prof.n_feature_views} augmented views per training spot")
+        parts.append(
+            f"partial fine-tuning: image encoder ({encoder}) FROZEN through `{prof.cache_stage}`,"
+            f" its feature maps there cached once for {views}; the encoder's later stages, the "
+            "spot tower and both projection heads are trained on them; frozen-feature baselines "
+            f"use the whole frozen {image_encoder}"
+        )
     else:
         own = prof.image_encoder or image_encoder.split(" ")[0]
         size = (f" at {prof.encoder_input_size} px (patches resampled from the cut)"

@@ -98,7 +98,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="leave-one-section-out (paper) or leave-one-patient-out (leak-free)")
     p.add_argument("--profile", choices=list(PROFILE_NAMES), default="cpu",
                    help="training profile (cpu: frozen encoder + cached features; cpu-e2e: "
-                        "a small encoder trained end to end at reduced input size; see docs)")
+                        "a small encoder trained end to end at reduced input size; cpu-ft: "
+                        "DenseNet-121's last block fine-tuned on cached transition3 maps; see docs)")
     p.add_argument("--out", required=True, help="results folder")
     p.add_argument("--dataset-dir", default=None,
                    help="an already built patch dataset (default: build into RESULTS/dataset)")

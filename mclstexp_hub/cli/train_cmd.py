@@ -139,8 +139,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         Profiles: 'paper' = the authors' recipe (end-to-end, 90 epochs on HER2+); 'cpu'
         = frozen image encoder with cached features of augmented views, spot tower +
         heads trained; 'cpu-e2e' = ResNet-18 at 64 px trained end to end with the spot
-        tower (both documented deviations; see docs/training.md). Options override the
-        profile.""")
+        tower; 'cpu-ft' = DenseNet-121 frozen through transition3 with its feature maps
+        cached, denseblock4 + norm5 fine-tuned with the heads and spot tower (documented
+        deviations; see docs/training.md). Options override the profile.""")
     add_dataset_option(p, "patch dataset folder or Hub dataset repo id")
     p.add_argument("--config", default=None, help="dataset config name (default: the dataset's)")
     p.add_argument(

@@ -5,10 +5,14 @@ the CPU profile computes them once — for the clean patch and for several augme
 trains the spot tower and both projection heads on them. The features are what
 `model.image_encoder` returns (before `image_projection`), in eval mode.
 
+Partial fine-tuning (the cpu-ft profile) caches, instead, the encoder's feature maps after a
+frozen stage (`stage=`, e.g. DenseNet's "transition3": `model.image_encoder.trunk`), with the
+same views, augmentation, seeding and cache files; the later stages then train on them.
+
 A cache file is keyed by a hash of everything the features depend on: the encoder's weights
 *and* buffers (BatchNorm statistics), its name, the pixel scaling, the number of views,
-augmentation, seed, precision and the patch pixels; a changed encoder or data never reuses a
-stale cache.
+augmentation, seed, precision, the stage and the patch pixels; a changed encoder or data never
+reuses a stale cache.
 """
 
 from __future__ import annotations
@@ -133,12 +137,15 @@ def compute_image_features(
     bf16: bool = False,
     channels_last: bool = True,
     progress: bool = True,
+    stage: str | None = None,
 ) -> torch.Tensor:
     """Pooled encoder features (n_views, N, image_feature_dim), eval mode, float32.
 
     augment=False gives the clean features (n_views must then be 1: every view would be the
     same). augment=True draws the paper's augmentation independently per patch and view from a
     generator seeded with `seed`, leaving torch's global RNG as it was.
+    stage: instead of pooled features, the feature maps after this encoder stage (inclusive),
+    `model.image_encoder.trunk(x, stage)`: (n_views, N, C, h, w), float32.
     """
     from ..models.mclstexp.pixels_mclstexp import scale_pixel_values
 
@@ -152,14 +159,17 @@ def compute_image_features(
     key = None
     if cache_path is not None:
         cache_path = os.fspath(cache_path)
+        stage_setting = {} if stage is None else {"stage": stage}  # pooled keys stay as they were
         key = _cache_key(
             model, patches, n_views=n_views, augment=augment, seed=seed, bf16=bf16,
-            channels_last=channels_last,
+            channels_last=channels_last, **stage_setting,
         )
         cached = _load_cache(cache_path, key)
         if cached is not None:
             return cached
     encoder = _encoder(model)
+    if stage is not None:
+        encoder.trunk_stages(stage)  # an unknown stage / unsplittable encoder fails here, early
     device = next(encoder.parameters()).device
     augmenter = None
     if augment:
@@ -167,7 +177,9 @@ def compute_image_features(
 
         augmenter = PatchAugmenter()
     n = patches.shape[0]
-    out = torch.empty((n_views, n, int(encoder.num_features)), dtype=torch.float32)
+    out: torch.Tensor | None = None
+    if stage is None:
+        out = torch.empty((n_views, n, int(encoder.num_features)), dtype=torch.float32)
     bar = None
     if progress:
         from tqdm.auto import tqdm
@@ -187,7 +199,9 @@ def compute_image_features(
                     if channels_last:
                         x = x.contiguous(memory_format=torch.channels_last)
                     with _autocast(bf16, device):
-                        feats = encoder(x)
+                        feats = encoder(x) if stage is None else encoder.trunk(x, stage)
+                    if out is None:  # feature maps: their shape is known after the first batch
+                        out = torch.empty((n_views, n, *feats.shape[1:]), dtype=torch.float32)
                     out[view, start : start + pixels.shape[0]] = feats.float().cpu()
                     if bar is not None:
                         bar.update(pixels.shape[0])

@@ -22,7 +22,7 @@ DATASET_PRESETS: dict[str, dict[str, Any]] = {
     p.name: {"retrieval_k": p.retrieval_k, "epochs": p.epochs} for p in list_presets()
 }
 
-PROFILE_NAMES = ("paper", "cpu", "cpu-e2e")
+PROFILE_NAMES = ("paper", "cpu", "cpu-e2e", "cpu-ft")
 AUGMENTATIONS = ("paper", "batch")  # implemented in training/augment.py (torch); named here
 
 
@@ -41,6 +41,12 @@ class TrainProfile:
         colour jitter drawn per patch, applied batched; training/augment.py).
     image_encoder / encoder_input_size: model-config defaults the profile brings (None = the
         config's own); an explicit config override wins.
+    cache_stage: partial fine-tuning (None = off). The image encoder is frozen up to and
+        including this stage (a DenseNet `features` stage name, e.g. "transition3"); its feature
+        maps after that stage are computed once for the clean view (include_clean_view) and
+        `n_feature_views` augmented views of each training spot and cached, and the stages after
+        it (DenseNet-121: denseblock4 + norm5) train together with both heads and the spot
+        tower on those maps. Needs freeze_image_encoder=False (the encoder is partly trained).
     """
 
     name: str
@@ -61,6 +67,7 @@ class TrainProfile:
     augmentation: str = "paper"
     image_encoder: str | None = None
     encoder_input_size: int | None = None
+    cache_stage: str | None = None
     seed: int = 0
 
     def config_defaults(self) -> dict[str, Any]:
@@ -93,10 +100,26 @@ class TrainProfile:
             raise ValueError(
                 f"TrainProfile.augmentation must be one of {AUGMENTATIONS}; got {self.augmentation!r}."
             )
-        if self.n_feature_views and not self.freeze_image_encoder:
+        if self.cache_stage is not None:
+            if not isinstance(self.cache_stage, str) or not self.cache_stage.strip():
+                raise ValueError(
+                    "TrainProfile.cache_stage must be an encoder stage name such as "
+                    f"'transition3' (or None); got {self.cache_stage!r}."
+                )
+            if self.freeze_image_encoder:
+                raise ValueError(
+                    "TrainProfile.cache_stage (partial fine-tuning: the stages after it train) "
+                    "contradicts freeze_image_encoder=True; set one or the other."
+                )
+            if not self.include_clean_view and self.n_feature_views == 0:
+                raise ValueError(
+                    "TrainProfile.cache_stage needs cached views to train on: "
+                    "include_clean_view=True and/or n_feature_views > 0."
+                )
+        elif self.n_feature_views and not self.freeze_image_encoder:
             raise ValueError(
                 "TrainProfile.n_feature_views > 0 caches encoder features, which is only valid "
-                "with freeze_image_encoder=True."
+                "with freeze_image_encoder=True (or with a cache_stage)."
             )
 
 
@@ -117,6 +140,24 @@ CPU_E2E: dict[str, Any] = {
     "augmentation": "batch",
     "image_encoder": "resnet18",
     "encoder_input_size": 64,
+}
+
+# Partial fine-tuning on CPU: DenseNet-121 (the model's own encoder, random init) frozen through
+# `transition3`; its 512 x 7 x 7 maps (at 224 px) are cached once for the clean patch + 2
+# augmented views of each training spot, and denseblock4 + norm5 (pool, both heads, spot
+# tower) train on them: a trained image tower at a fraction of end-to-end cost (denseblock4
+# is about a tenth of DenseNet-121's multiply-adds). One learning rate for everything (the
+# block is random-init, not pretrained, so there is nothing to protect with a smaller one).
+CPU_FT: dict[str, Any] = {
+    "epochs": 40,
+    "batch_size": 128,
+    "learning_rate": 1e-4,
+    "weight_decay": 1e-3,
+    "freeze_image_encoder": False,
+    "cache_stage": "transition3",
+    "n_feature_views": 2,
+    "include_clean_view": True,
+    "recalibrate_batchnorm": False,
 }
 
 
@@ -141,6 +182,9 @@ def get_profile(name: str, dataset_preset: str = "her2st") -> TrainProfile:
         learning rate both made the held-out PCC worse, augmented views made it better.
     cpu-e2e: end to end on CPU — `CPU_E2E` above (ResNet-18 at 64 px, trained with the spot
         tower, per-step batched augmentation).
+    cpu-ft: partial fine-tuning — `CPU_FT` above (DenseNet-121 frozen through transition3, its
+        feature maps cached for the clean patch + 2 augmented views; denseblock4 + norm5, the
+        heads and the spot tower trained on them). The checkpoint is a normal full model.
     """
     preset = _preset(dataset_preset)
     if name == "paper":
@@ -157,7 +201,9 @@ def get_profile(name: str, dataset_preset: str = "her2st") -> TrainProfile:
         )
     if name == "cpu-e2e":
         return TrainProfile(name="cpu-e2e", **CPU_E2E)
+    if name == "cpu-ft":
+        return TrainProfile(name="cpu-ft", **CPU_FT)
     raise ValueError(f"Unknown training profile {name!r}; choose one of {PROFILE_NAMES}.")
 
 
-__all__ = ["DATASET_PRESETS", "PROFILE_NAMES", "TrainProfile", "get_profile"]
+__all__ = ["CPU_E2E", "CPU_FT", "DATASET_PRESETS", "PROFILE_NAMES", "TrainProfile", "get_profile"]

@@ -153,15 +153,18 @@ class SpotPatchDataset(torch.utils.data.Dataset):
 
 
 class CachedFeatureDataset(torch.utils.data.Dataset):
-    """Spots with precomputed encoder features: `views` is (n_views, feature_dim) per spot."""
+    """Spots with precomputed encoder features: `views` is (n_views, feature_dim) per spot —
+    or, with `stage` (partial fine-tuning), (n_views, C, h, w) feature maps after that stage."""
 
     def __init__(
-        self, features: torch.Tensor, expression: torch.Tensor, positions: torch.Tensor
+        self, features: torch.Tensor, expression: torch.Tensor, positions: torch.Tensor,
+        stage: str | None = None,
     ) -> None:
-        if features.ndim != 3:
+        if (features.ndim != 3) if stage is None else (features.ndim < 4):
             raise ValueError(
-                f"cached features must be (n_views, n_spots, feature_dim); got "
-                f"{tuple(features.shape)}."
+                "cached features must be (n_views, n_spots, feature_dim)"
+                + ("" if stage is None else " feature maps (n_views, n_spots, C, h, w)")
+                + f"; got {tuple(features.shape)}."
             )
         if features.shape[1] != expression.shape[0]:
             raise ValueError(
@@ -169,7 +172,8 @@ class CachedFeatureDataset(torch.utils.data.Dataset):
                 f"{expression.shape[0]}; pass the features of exactly the training spots, in "
                 "dataset order (e.g. all_features[:, train_indices])."
             )
-        self.features = features.float()
+        self.features = features if stage is not None else features.float()
+        self.stage = stage
         self.expression = expression
         self.positions = positions
 
@@ -189,12 +193,13 @@ class SpotCollator:
 
     Patch items → {"pixel_values", "expression", "positions"}; cached-feature items →
     {"image_features", "expression", "positions"}, one random cached view per spot when
-    `augment` (view 0, the clean one, otherwise).
+    `augment` (view 0, the clean one, otherwise). With `feature_stage` (cached feature maps
+    after that encoder stage) the chosen views go out as {"stage_features", "feature_stage"}.
     """
 
     def __init__(
         self, pixel_scaling: str = "unit", augment: bool = False, channels_last: bool = False,
-        augmentation: str = "paper",
+        augmentation: str = "paper", feature_stage: str | None = None,
     ) -> None:
         from ..models.mclstexp.pixels_mclstexp import PIXEL_SCALINGS
 
@@ -203,13 +208,14 @@ class SpotCollator:
         self.pixel_scaling = pixel_scaling
         self.augment = augment
         self.channels_last = channels_last
+        self.feature_stage = feature_stage
         self._augmenter = None
         if augment:
             from .augment import make_augmenter
 
             self._augmenter = make_augmenter(augmentation)
 
-    def __call__(self, items: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+    def __call__(self, items: list[dict[str, Any]]) -> dict[str, Any]:
         from ..models.mclstexp.pixels_mclstexp import scale_pixel_values
 
         batch = {
@@ -222,7 +228,15 @@ class SpotCollator:
                 chosen = torch.randint(views.shape[1], (views.shape[0],))
             else:
                 chosen = torch.zeros(views.shape[0], dtype=torch.long)
-            batch["image_features"] = views[torch.arange(views.shape[0]), chosen]
+            chosen_views = views[torch.arange(views.shape[0]), chosen]
+            if self.feature_stage is None:
+                batch["image_features"] = chosen_views
+                return batch
+            maps = chosen_views.float()
+            if self.channels_last and maps.ndim == 4:
+                maps = maps.contiguous(memory_format=torch.channels_last)
+            batch["stage_features"] = maps
+            batch["feature_stage"] = self.feature_stage
             return batch
         pixels = torch.stack([it["pixels"] for it in items])
         if self._augmenter is not None:

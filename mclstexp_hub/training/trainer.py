@@ -16,6 +16,7 @@ folders get a spot bank of the training spots built at save time, and the final 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import os
@@ -36,13 +37,14 @@ from ..models.mclstexp.configuration_mclstexp import MAX_POSITION_LIMIT, MclSTEx
 from ..models.mclstexp.modeling_mclstexp import MclSTExpModel
 from .bank import build_bank_from_dataset, check_dataset_genes
 from .features import compute_image_features, recalibrate_batchnorm
-from .profiles import DATASET_PRESETS, TrainProfile, get_profile
+from .profiles import DATASET_PRESETS, PROFILE_NAMES, TrainProfile, get_profile
 from .torch_dataset import CachedFeatureDataset, SpotCollator, SpotPatchDataset
 
 logger = logging.getLogger(__name__)
 
 CHECKPOINTS_DIR = "checkpoints"
 FEATURE_CACHE_FILE = "image_features.safetensors"
+STAGE_CACHE_FILE = "stage_features-{stage}.safetensors"
 POSITION_TABLE_MULTIPLE = 64
 
 
@@ -160,21 +162,47 @@ def load_pretrained_encoder(model: MclSTExpModel, source: str | Mapping[str, tor
 
 
 # ------------------------------------------------------------------ frozen encoder
-def freeze_encoder_for_training(model: MclSTExpModel) -> torch.utils.hooks.RemovableHandle:
+def freeze_encoder_for_training(
+    model: MclSTExpModel, through: str | None = None
+) -> torch.utils.hooks.RemovableHandle:
     """Freeze the image encoder for training: no gradients, eval mode at every forward.
 
     The Trainer calls `model.train()` before every step, which would put the encoder's
     BatchNorm layers back into train mode (moving their statistics when pixels go through it).
     A forward pre-hook puts the encoder back into eval mode right before each forward. Remove
     the returned handle to end it (`requires_grad` stays False).
+
+    through: freeze only the encoder's stages up to and including this one (partial
+    fine-tuning, `TrainProfile.cache_stage`); the later stages stay trainable, in train mode.
     """
-    model.image_encoder.requires_grad_(False)
+    frozen = ([model.image_encoder] if through is None
+              else model.image_encoder.trunk_stages(through))
+    for module in frozen:
+        module.requires_grad_(False)
 
     def keep_encoder_in_eval(module: nn.Module, args: Any, kwargs: Any) -> None:
-        if module.image_encoder.training:
-            module.image_encoder.eval()
+        for part in frozen:
+            if part.training:
+                part.eval()
 
     return model.register_forward_pre_hook(keep_encoder_in_eval, with_kwargs=True)
+
+
+def _cached_views(model: MclSTExpModel, spots: SpotPatchDataset, prof: TrainProfile,
+                  cache: str | None, progress: bool, stage: str | None = None) -> torch.Tensor:
+    """The profile's cached views of `spots` (view 0 clean when include_clean_view, then the
+    n_feature_views augmented ones): pooled features, or feature maps after `stage`."""
+    common = {"seed": prof.seed, "bf16": prof.bf16, "channels_last": prof.channels_last,
+              "progress": progress, "stage": stage}
+    views = []
+    if prof.include_clean_view:
+        views.append(compute_image_features(
+            model, spots, 1, augment=False,
+            cache_path=cache and cache.replace(".safetensors", "-clean.safetensors"), **common))
+    if prof.n_feature_views > 0:
+        views.append(compute_image_features(
+            model, spots, prof.n_feature_views, augment=True, cache_path=cache, **common))
+    return torch.cat(views)
 
 
 def _trainer_classes():
@@ -329,17 +357,27 @@ def resolve_profile(
     """The profile with explicit overrides applied (None = keep the profile's value).
 
     Freezing the encoder means the cached-feature mode: a profile without cached views gets the
-    cpu profile's number; unfreezing it drops the cached views.
+    cpu profile's number; unfreezing it drops the cached views. On a partial fine-tuning profile
+    (cache_stage set) an explicit freeze_image_encoder drops the cache_stage: True gives the
+    frozen cached-pooled-feature recipe, False end-to-end training.
     """
     base = get_profile(profile, dataset_preset) if isinstance(profile, str) else profile
     if not isinstance(base, TrainProfile):
-        raise TypeError(f"profile must be 'paper', 'cpu' or a TrainProfile; got {profile!r}.")
+        raise TypeError(f"profile must be one of {PROFILE_NAMES} or a TrainProfile; got {profile!r}.")
     changes = {k: v for k, v in overrides.items() if v is not None}
     freeze = changes.get("freeze_image_encoder")
-    if freeze is False:
+    cpu_views = get_profile("cpu", dataset_preset).n_feature_views
+    if freeze is not None and base.cache_stage is not None:
+        # An explicit freeze choice replaces partial fine-tuning: True = the cpu profile's
+        # cached pooled features, False = end to end (no cached views).
+        views = changes.pop("n_feature_views", (base.n_feature_views or cpu_views) if freeze else 0)
+        base = dataclasses.replace(base, cache_stage=None, freeze_image_encoder=freeze,
+                                   n_feature_views=views)
+        del changes["freeze_image_encoder"]
+    elif freeze is False:
         changes.setdefault("n_feature_views", 0)
     elif freeze is True and base.n_feature_views == 0:
-        changes.setdefault("n_feature_views", get_profile("cpu", dataset_preset).n_feature_views)
+        changes.setdefault("n_feature_views", cpu_views)
     return base.replace(**changes)
 
 
@@ -432,7 +470,8 @@ def train_model(
     if cached_features is not None and not prof.freeze_image_encoder:
         raise ValueError(
             "cached_features need a frozen image encoder (freeze_image_encoder=True or "
-            "profile='cpu'); a trainable encoder changes its features every step."
+            "profile='cpu'); a trainable encoder changes its features every step"
+            + (" (a cache_stage profile caches its own feature maps)." if prof.cache_stage else ".")
         )
     meta = dict(dataset_metadata or {})
     if meta.get("gene_names") and list(meta["gene_names"]) != list(gene_names):
@@ -502,29 +541,34 @@ def train_model(
         timings: dict[str, float] = {}
         ckpt_dir = os.path.join(out_dir, CHECKPOINTS_DIR) if out_dir is not None else None
         train_set: torch.utils.data.Dataset
-        if prof.freeze_image_encoder and (prof.n_feature_views > 0 or cached_features is not None):
+        stage = prof.cache_stage
+        stage_views = 0
+        if stage is not None:
+            # Partial fine-tuning: the frozen trunk's feature maps are cached once; the stages
+            # after `stage` train on them (with the heads and the spot tower).
+            if not model.image_encoder.head_stages(stage):  # also refuses unknown stages
+                raise ValueError(
+                    f"cache_stage {stage!r} is the encoder's last stage: nothing after it would "
+                    f"train. Choose an earlier one of {model.image_encoder.stage_names}."
+                )
+            if spots.patches is None:
+                raise ValueError("A cache_stage profile needs decoded patches (the `image` column).")
+            t0 = time.perf_counter()
+            if prof.recalibrate_batchnorm:
+                recalibrate_batchnorm(model, spots, channels_last=prof.channels_last,
+                                      progress=progress and is_main)
+            cache = os.path.join(ckpt_dir, STAGE_CACHE_FILE.format(stage=stage)) if ckpt_dir else None
+            maps = _cached_views(model, spots, prof, cache, progress and is_main, stage=stage)
+            stage_views = int(maps.shape[0])
+            train_set = CachedFeatureDataset(maps, spots.expression, spots.positions, stage=stage)
+            timings["feature_seconds"] = time.perf_counter() - t0
+        elif prof.freeze_image_encoder and (prof.n_feature_views > 0 or cached_features is not None):
             t0 = time.perf_counter()
             if cached_features is None:
                 if prof.recalibrate_batchnorm:
                     recalibrate_batchnorm(model, spots, channels_last=prof.channels_last, progress=progress and is_main)
                 cache = os.path.join(ckpt_dir, FEATURE_CACHE_FILE) if ckpt_dir else None
-                views = []
-                if prof.include_clean_view:
-                    views.append(
-                        compute_image_features(
-                            model, spots, 1, augment=False, seed=prof.seed, bf16=prof.bf16,
-                            channels_last=prof.channels_last, progress=progress and is_main,
-                            cache_path=cache and cache.replace(".safetensors", "-clean.safetensors"),
-                        )
-                    )
-                views.append(
-                    compute_image_features(
-                        model, spots, prof.n_feature_views, augment=True, seed=prof.seed,
-                        bf16=prof.bf16, channels_last=prof.channels_last,
-                        progress=progress and is_main, cache_path=cache,
-                    )
-                )
-                cached_features = torch.cat(views)
+                cached_features = _cached_views(model, spots, prof, cache, progress and is_main)
             elif prof.recalibrate_batchnorm and spots.patches is not None:
                 recalibrate_batchnorm(model, spots, channels_last=prof.channels_last, progress=False)
             expected = (len(spots), model.image_encoder.num_features)
@@ -543,9 +587,16 @@ def train_model(
         if prof.grad_checkpointing:
             enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
             enable()
-        freeze_handle = freeze_encoder_for_training(model) if prof.freeze_image_encoder else None
+        freeze_handle = (freeze_encoder_for_training(model, through=stage)
+                         if prof.freeze_image_encoder or stage is not None else None)
+        trainable_parameters = {
+            "total": sum(p.numel() for p in model.parameters() if p.requires_grad),
+            "image_encoder": sum(p.numel() for p in model.image_encoder.parameters()
+                                 if p.requires_grad),
+        }
         collator = SpotCollator(config.pixel_scaling, augment=prof.augment,
-                                channels_last=prof.channels_last, augmentation=prof.augmentation)
+                                channels_last=prof.channels_last, augmentation=prof.augmentation,
+                                feature_stage=stage)
 
         steps_per_epoch = math.ceil(len(train_set) / (prof.batch_size * world_size))
         if save_steps is None:
@@ -648,7 +699,10 @@ def train_model(
                 "train_spots": len(spots),
                 "train_sections": list(dict.fromkeys(spots.sections)),
                 "dataset": meta.get("dataset_name"),
-                "cached_feature_views": int(cached_features.shape[0]) if cached_features is not None else 0,
+                "cached_feature_views": (
+                    int(cached_features.shape[0]) if cached_features is not None else stage_views),
+                "cached_feature_stage": stage,  # None: pooled features (or none cached)
+                "trainable_parameters": trainable_parameters,
                 "world_size": world_size,
                 "global_batch_size": prof.batch_size * world_size,
                 "pretrained_encoder": (

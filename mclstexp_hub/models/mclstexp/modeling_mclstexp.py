@@ -191,6 +191,58 @@ class MclSTExpImageTower(nn.Module):
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         return self.pool(self.feature_map(pixel_values))
 
+    # -------------------------------------------- split forward (partial fine-tuning)
+    def feature_stages(self) -> nn.Sequential:
+        """The encoder's feature stages, in order (a DenseNet's `features`: conv0 … norm5).
+
+        Only encoders whose `forward_features` is exactly these stages run in sequence can be
+        split (timm's DenseNets); others raise a ValueError.
+        """
+        stages = getattr(self.model, "features", None)
+        if not (isinstance(stages, nn.Sequential) and _forward_features_is(self.model, stages)):
+            raise ValueError(
+                f"image_encoder {type(self.model).__name__!r} cannot be split into stages (only "
+                "timm DenseNets, whose forward_features is `features(x)`, can); use a DenseNet "
+                "such as 'densenet121' for a cache_stage / partial fine-tuning."
+            )
+        return stages
+
+    @property
+    def stage_names(self) -> list[str]:
+        """Names of the feature stages, e.g. ['conv0', …, 'transition3', 'denseblock4', 'norm5']."""
+        return [name for name, _ in self.feature_stages().named_children()]
+
+    def _split_index(self, stage: str) -> int:
+        names = self.stage_names
+        if stage not in names:
+            raise ValueError(f"Unknown encoder stage {stage!r}; the stages are {names}.")
+        return names.index(stage) + 1
+
+    def trunk_stages(self, stage: str) -> list[nn.Module]:
+        """The stages up to and including `stage` (the part a cache_stage keeps frozen)."""
+        return list(self.feature_stages())[: self._split_index(stage)]
+
+    def head_stages(self, stage: str) -> list[nn.Module]:
+        """The stages after `stage` (the part partial fine-tuning trains)."""
+        return list(self.feature_stages())[self._split_index(stage) :]
+
+    def trunk(self, pixel_values: torch.Tensor, stage: str) -> torch.Tensor:
+        """The feature map after `stage` (inclusive) of patches scaled as for `forward`."""
+        x = self.resample(pixel_values)
+        for module in self.trunk_stages(stage):
+            x = module(x)
+        return x
+
+    def forward_from_stage(self, stage_features: torch.Tensor, stage: str) -> torch.Tensor:
+        """Pooled features from the output of `stage`: the stages after it, then the pool.
+
+        `forward(pixels) == forward_from_stage(trunk(pixels, stage), stage)` for every stage.
+        """
+        x = stage_features
+        for module in self.head_stages(stage):
+            x = module(x)
+        return self.pool(x)
+
     @staticmethod
     def pool(feature_map: torch.Tensor) -> torch.Tensor:
         """Global average pool of an encoder's feature map → (B, num_features)."""
@@ -308,18 +360,37 @@ class MclSTExpModel(MclSTExpPreTrainedModel):
         self,
         pixel_values: torch.Tensor | None = None,
         image_features: torch.Tensor | None = None,
+        stage_features: torch.Tensor | None = None,
+        feature_stage: str | None = None,
     ) -> MclSTExpImageOutput:
         """Image tower → projection, shaped like CLIP's in transformers 5.
 
         Pass `pixel_values` (B, 3, H, W) scaled as the image processor does, or, for a frozen
-        encoder, its cached pooled `image_features` (B, image_feature_dim). Returns
+        encoder, its cached pooled `image_features` (B, image_feature_dim), or, for partial
+        fine-tuning, the cached feature maps `stage_features` after encoder stage
+        `feature_stage` (e.g. DenseNet's 'transition3'; the later stages run here). Returns
         `pooler_output` = projected embeddings (B, projection_dim), `image_features` = pooled
         pre-projection features and `last_hidden_state` = the encoder's feature map (None when
         the features were given).
         """
-        if (pixel_values is None) == (image_features is None):
-            raise ValueError("get_image_features needs exactly one of pixel_values or image_features.")
+        given = sum(x is not None for x in (pixel_values, image_features, stage_features))
+        if given != 1:
+            raise ValueError(
+                "get_image_features needs exactly one of pixel_values, image_features or "
+                "stage_features."
+            )
+        if (stage_features is None) != (feature_stage is None):
+            raise ValueError("stage_features and feature_stage go together (the maps and the "
+                             "encoder stage that produced them).")
         feature_map = None
+        if stage_features is not None:
+            if not isinstance(stage_features, torch.Tensor) or stage_features.ndim < 3:
+                raise ValueError(
+                    "stage_features must be a batched feature map (batch, channels, h, w) from "
+                    "`image_encoder.trunk(pixels, feature_stage)`; got "
+                    f"{getattr(stage_features, 'shape', type(stage_features).__name__)}."
+                )
+            image_features = self.image_encoder.forward_from_stage(stage_features, feature_stage)
         if pixel_values is not None:
             if not isinstance(pixel_values, torch.Tensor) or pixel_values.ndim != 4:
                 raise ValueError(
@@ -417,6 +488,8 @@ class MclSTExpModel(MclSTExpPreTrainedModel):
         image_features: torch.Tensor | None = None,
         return_loss: bool | None = True,
         return_dict: bool | None = True,
+        stage_features: torch.Tensor | None = None,
+        feature_stage: str | None = None,
         **kwargs: Any,
     ) -> MclSTExpOutput | tuple:
         if kwargs:
@@ -424,9 +497,10 @@ class MclSTExpModel(MclSTExpPreTrainedModel):
             if unknown:
                 raise TypeError(f"MclSTExpModel.forward got unexpected inputs {unknown}.")
         image_embeds = None
-        if pixel_values is not None or image_features is not None:
+        if pixel_values is not None or image_features is not None or stage_features is not None:
             image_embeds = self.get_image_features(
-                pixel_values=pixel_values, image_features=image_features
+                pixel_values=pixel_values, image_features=image_features,
+                stage_features=stage_features, feature_stage=feature_stage,
             ).pooler_output
         spot_embeds = (
             self.get_spot_features(expression, positions) if expression is not None else None

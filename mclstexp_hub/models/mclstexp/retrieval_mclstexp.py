@@ -75,7 +75,7 @@ def cosine_topk(queries: np.ndarray, bank: np.ndarray, k: int,
         for start in range(0, n, chunk_size):
             chunk = q @ _unit_rows(bank[start : start + chunk_size]).T
             if k < chunk.shape[1]:
-                cols = np.concatenate(list(pool.map(lambda rows: _rows_topk(chunk[rows], k), blocks))
+                cols = np.concatenate(list(pool.map(lambda rows, c=chunk: _rows_topk(c[rows], k), blocks))
                                       or [np.empty((0, k), dtype=np.int64)])
                 chunk = np.take_along_axis(chunk, cols, 1)
             else:
