@@ -137,9 +137,6 @@ class PredictionResult:
 
 
 def _spots_for(slide, *, spots_csv, visium, tile, patch_size, tile_pitch, min_tissue_fraction):
-    from .spots import read_spots_csv, read_visium_spots
-    from .tiling import tile_spots
-
     chosen = [name for name, value in (("--spots", spots_csv), ("--visium", visium),
                                       ("--tile", tile)) if value]
     if len(chosen) != 1:
@@ -148,13 +145,19 @@ def _spots_for(slide, *, spots_csv, visium, tile, patch_size, tile_pitch, min_ti
             f"{chosen or 'none'})."
         )
     if spots_csv:
+        from .spots import read_spots_csv
+
         return read_spots_csv(spots_csv), None, f"csv: {spots_csv}"
     if visium:
+        from .spots import read_visium_spots
+
         table, scalefactors = read_visium_spots(visium)
         diameter = scalefactors.get("spot_diameter_fullres")
         return table, (float(diameter) if diameter else None), f"visium: {visium}"
     if tile_pitch is not None and not float(tile_pitch) > 0:
         raise ValueError(f"--tile-pitch must be > 0 full-resolution pixels; got {tile_pitch}.")
+    from .tiling import tile_spots
+
     pitch = float(tile_pitch) if tile_pitch is not None else float(patch_size)
     table = tile_spots(slide, pitch=pitch, patch_size=patch_size,
                        min_tissue_fraction=min_tissue_fraction)
