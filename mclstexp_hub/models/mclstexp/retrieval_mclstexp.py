@@ -52,46 +52,53 @@ def _unit_rows(x: np.ndarray) -> np.ndarray:
 
 
 def _rows_topk(sim: np.ndarray, k: int) -> np.ndarray:
-    """Column indices of the k largest values of each row, unordered (k < sim.shape[1])."""
-    return np.argpartition(sim, sim.shape[1] - k, axis=1)[:, sim.shape[1] - k :]
+    """Column indices of the k largest values of each row, unordered (k < sim.shape[1]); a
+    compact copy, so the (rows, columns) partition result is freed at once."""
+    return np.argpartition(sim, sim.shape[1] - k, axis=1)[:, sim.shape[1] - k :].copy()
 
 
 def cosine_topk(queries: np.ndarray, bank: np.ndarray, k: int,
                 chunk_size: int = 65536) -> tuple[np.ndarray, np.ndarray]:
     """Cosine top-k of each query (Q, D) over `bank` (N, D), most similar first.
 
-    The bank is scanned in chunks of `chunk_size` rows with a running top-k (each chunk's own
-    top-k merged with the best so far), so peak memory is O(Q * (chunk_size + k)) however large
-    the bank is. The per-row selection runs on query blocks in threads (NumPy releases the GIL
-    there). Returns (similarities float32, indices int64), each (Q, k).
+    The bank is scanned in chunks of `chunk_size` rows and the queries in blocks of
+    `QUERY_BLOCK`, with a running top-k per block (each chunk's own top-k merged with the best
+    so far), so peak memory is O(QUERY_BLOCK * chunk_size) however many queries and spots there
+    are. The per-row selection runs in threads (NumPy releases the GIL there). Returns
+    (similarities float32, indices int64), each (Q, k).
     """
     n = int(np.shape(bank)[0])
     check_k(k, n)
     q = _unit_rows(queries)
-    best_sim = np.empty((q.shape[0], 0), dtype=np.float32)
-    best_idx = np.empty((q.shape[0], 0), dtype=np.int64)
-    blocks = [slice(i, i + _SELECT_BLOCK) for i in range(0, q.shape[0], _SELECT_BLOCK)]
+    blocks = [slice(i, i + QUERY_BLOCK) for i in range(0, q.shape[0], QUERY_BLOCK)]
+    best = [(np.empty((len(range(q.shape[0])[b]), 0), dtype=np.float32),
+             np.empty((len(range(q.shape[0])[b]), 0), dtype=np.int64)) for b in blocks]
     with ThreadPoolExecutor(max_workers=_threads()) as pool:
         for start in range(0, n, chunk_size):
-            chunk = q @ _unit_rows(bank[start : start + chunk_size]).T
-            if k < chunk.shape[1]:
-                cols = np.concatenate(list(pool.map(lambda rows, c=chunk: _rows_topk(c[rows], k), blocks))
-                                      or [np.empty((0, k), dtype=np.int64)])
-                chunk = np.take_along_axis(chunk, cols, 1)
-            else:
-                cols = np.broadcast_to(np.arange(chunk.shape[1]), chunk.shape)
-            sim = np.concatenate([best_sim, chunk], axis=1)
-            idx = np.concatenate([best_idx, cols.astype(np.int64) + start], axis=1)
-            if k < sim.shape[1]:
-                keep = _rows_topk(sim, k)
-                sim, idx = np.take_along_axis(sim, keep, 1), np.take_along_axis(idx, keep, 1)
-            best_sim, best_idx = sim, idx
-    order = np.argsort(-best_sim, axis=1, kind="stable")
-    return (np.ascontiguousarray(np.take_along_axis(best_sim, order, 1)),
-            np.ascontiguousarray(np.take_along_axis(best_idx, order, 1)))
+            unit = _unit_rows(bank[start : start + chunk_size])
+            for i, block in enumerate(blocks):
+                sim = q[block] @ unit.T
+                if k < sim.shape[1]:
+                    rows = [slice(r, r + _SELECT_ROWS) for r in range(0, sim.shape[0], _SELECT_ROWS)]
+                    cols = np.concatenate(list(pool.map(lambda r, m=sim: _rows_topk(m[r], k), rows)))
+                    sim = np.take_along_axis(sim, cols, 1)
+                else:
+                    cols = np.broadcast_to(np.arange(sim.shape[1]), sim.shape)
+                best_sim = np.concatenate([best[i][0], sim], axis=1)
+                best_idx = np.concatenate([best[i][1], cols.astype(np.int64) + start], axis=1)
+                if k < best_sim.shape[1]:
+                    keep = _rows_topk(best_sim, k)
+                    best_sim = np.take_along_axis(best_sim, keep, 1)
+                    best_idx = np.take_along_axis(best_idx, keep, 1)
+                best[i] = (best_sim, best_idx)
+    sims = np.concatenate([b[0] for b in best]) if best else np.empty((0, k), dtype=np.float32)
+    idx = np.concatenate([b[1] for b in best]) if best else np.empty((0, k), dtype=np.int64)
+    order = np.argsort(-sims, axis=1, kind="stable")
+    return (np.ascontiguousarray(np.take_along_axis(sims, order, 1)),
+            np.ascontiguousarray(np.take_along_axis(idx, order, 1)))
 
 
-_SELECT_BLOCK = 256  # queries per top-k selection task
+_SELECT_ROWS = 256  # query rows per top-k selection task
 
 
 def _threads() -> int:
