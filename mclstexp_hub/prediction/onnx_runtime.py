@@ -36,14 +36,15 @@ from ..models.mclstexp.pixels_mclstexp import scale_pixel_values
 from ..models.mclstexp.precision_mclstexp import resolve_precision
 from ..models.mclstexp.retrieval_mclstexp import (
     SAVED_INDEX_FILENAME,
+    check_bank_arrays,
     check_bank_serves,
+    check_k,
     read_spot_bank_file,
     retrieve_arrays,
 )
 from ..models.mclstexp.slide_predict_mclstexp import (
     DEFAULT_SLIDE_BATCH_SIZE,
     check_batch_size,
-    check_retrieval_k,
     predict_spots,
     slide_anndata,
 )
@@ -105,7 +106,8 @@ class OnnxSlidePredictor:
                       precision: str = "auto"):
         """Predict every spot of `table` on an opened slide; AnnData as the pipeline's."""
         config = self.config
-        k = check_retrieval_k(int(k if k is not None else config.retrieval_k), len(self.bank))
+        k = int(k if k is not None else config.retrieval_k)  # as the pipeline's predict_slide
+        check_k(k, len(self.bank))
         batch_size = check_batch_size(DEFAULT_SLIDE_BATCH_SIZE if batch_size is None else batch_size)
         distance, weighting = config.retrieval_distance, config.retrieval_weighting
         size = int(config.patch_size)
@@ -185,18 +187,18 @@ def onnx_predictor(model: str | os.PathLike, device: str | None = None, backend:
         return None, why
     try:
         arrays = read_spot_bank_file(folder, framework="numpy")
-        check_bank_serves(arrays["gene_names"], int(arrays["embeddings"].shape[1]),
-                          config.gene_names, int(config.projection_dim))
+        bank = BankArrays(
+            embeddings=np.ascontiguousarray(arrays["embeddings"], dtype=np.float32),
+            expression=np.ascontiguousarray(arrays["expression"], dtype=np.float32),
+            gene_names=[str(g) for g in arrays["gene_names"]],
+            section_ids=list(arrays["section_ids"]), patient_ids=list(arrays["patient_ids"]),
+            metadata=dict(arrays["metadata"]))
+        check_bank_arrays(bank.embeddings, bank.expression, bank.gene_names, arrays["positions"],
+                          bank.section_ids, bank.patient_ids)
+        check_bank_serves(bank.gene_names, int(bank.embeddings.shape[1]), config.gene_names,
+                          int(config.projection_dim))
     except (OSError, ValueError, TypeError) as exc:
         return None, f"spot bank: {exc}"
-    bank = BankArrays(
-        embeddings=np.ascontiguousarray(arrays["embeddings"], dtype=np.float32),
-        expression=np.ascontiguousarray(arrays["expression"], dtype=np.float32),
-        gene_names=[str(g) for g in arrays["gene_names"]],
-        section_ids=list(arrays["section_ids"]), patient_ids=list(arrays["patient_ids"]),
-        metadata=dict(arrays["metadata"]))
-    if not (np.isfinite(bank.embeddings).all() and np.isfinite(bank.expression).all()):
-        return None, "spot bank holds NaN/inf values"
     tower = OnnxImageTower(folder / ONNX_TOWER_FILENAME, info)
     source = {"model": str(folder), "model_revision": "local directory",
               "retrieval_search": "exact", "image_tower_backend": "onnxruntime", "runtime": RUNTIME,

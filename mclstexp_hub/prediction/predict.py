@@ -61,11 +61,10 @@ def load_pipeline(
     `image_tower.onnx` from `mclstexp onnx`; refused when absent or stale) or "auto" (that
     export when valid and onnxruntime is installed, else torch); recorded in the provenance.
     """
-    from ..models.mclstexp.onnx_tower_mclstexp import BACKENDS, attach_onnx_tower
+    from ..models.mclstexp.onnx_tower_mclstexp import attach_onnx_tower, check_backend
     from ..models.mclstexp.pipeline_mclstexp import TASK, MclSTExpPipeline
 
-    if backend not in BACKENDS:
-        raise ValueError(f"--backend must be one of {BACKENDS}; got {backend!r}.")
+    check_backend(backend)
     from transformers import pipeline
 
     ensure_registered()
@@ -237,10 +236,9 @@ def predict_to_h5ad(
                      what="gene-map folder", option="--plot-dir")
     if batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1; got {batch_size}.")
-    from ..models.mclstexp.onnx_tower_mclstexp import BACKENDS
+    from ..models.mclstexp.onnx_tower_mclstexp import check_backend
 
-    if backend not in BACKENDS:
-        raise ValueError(f"--backend must be one of {BACKENDS}; got {backend!r}.")
+    check_backend(backend)  # before the PyTorch-free path reads it
     from .onnx_runtime import OnnxSlidePredictor, onnx_predictor
 
     if pipe is None:

@@ -38,6 +38,13 @@ EXPORT_CHECK_TOLERANCE = 1e-3  # max |onnx - torch| on the export's check batch 
 BACKENDS = ("auto", "torch", "onnxruntime")
 
 
+def check_backend(backend: str) -> str:
+    """Refuse an image-tower runtime that is not one of `BACKENDS` (`predict --backend`)."""
+    if backend not in BACKENDS:
+        raise ValueError(f"--backend must be one of {BACKENDS}; got {backend!r}.")
+    return backend
+
+
 # What the tower's output depends on besides its weights (config fields).
 FINGERPRINT_CONFIG_KEYS = ("image_encoder", "encoder_input_size", "patch_size", "pixel_scaling",
                            "image_encoder_final_activation")
@@ -257,8 +264,7 @@ def attach_onnx_tower(model: Any, folder: str | os.PathLike, backend: str = "aut
     """Set `model.onnx_image_tower` for `backend` "auto" (when a valid export exists and
     onnxruntime is installed) or "onnxruntime" (required: raises with the fix); returns the
     provenance record."""
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}; got {backend!r}.")
+    check_backend(backend)
     model.onnx_image_tower = None
     if backend == "torch":
         return {"image_tower_backend": "torch"}
@@ -278,5 +284,5 @@ def attach_onnx_tower(model: Any, folder: str | os.PathLike, backend: str = "aut
 
 
 __all__ = ["BACKENDS", "ONNX_TOWER_FILENAME", "ONNX_TOWER_INFO_FILENAME", "OnnxImageTower",
-           "attach_onnx_tower", "checkpoint_tower_fingerprint", "digest_module_state",
+           "attach_onnx_tower", "check_backend", "checkpoint_tower_fingerprint", "digest_module_state",
            "export_image_tower", "load_onnx_tower", "read_export", "tower_fingerprint"]

@@ -37,6 +37,7 @@ from transformers import Pipeline
 
 from .image_processing_mclstexp import MclSTExpImageProcessor
 from .precision_mclstexp import autocast, prepare_pixels, resolve_precision
+from .retrieval_mclstexp import check_k
 from .slide_io_mclstexp import Slide, decode_flat_image, open_slide, to_rgb8
 from .slide_predict_mclstexp import (
     DEFAULT_SLIDE_BATCH_SIZE,
@@ -44,7 +45,6 @@ from .slide_predict_mclstexp import (
     TASK,
     build_prediction_anndata,
     check_batch_size,
-    check_retrieval_k,
     check_spots_inside,
     predict_spots,
     slide_anndata,
@@ -144,7 +144,8 @@ class MclSTExpPipeline(Pipeline):
         return preprocess, forward, postprocess
 
     def _check_k(self, k: Any) -> int:
-        return check_retrieval_k(k, len(self.model.spot_bank))
+        check_k(k, len(self.model.spot_bank))
+        return k
 
     # -------------------------------------------------------------------- calls
     def __call__(self, inputs: Any, **kwargs: Any):

@@ -233,6 +233,40 @@ def read_spot_bank_file(path: str | os.PathLike, framework: str = "numpy") -> di
     }
 
 
+def check_bank_arrays(embeddings: np.ndarray, expression: np.ndarray, gene_names: list[str],
+                      positions: np.ndarray | None = None, section_ids: list[str] = (),
+                      patient_ids: list[str] = ()) -> None:
+    """Refuse bank arrays that do not describe one set of spots: shapes, emptiness, NaN/inf."""
+    if np.ndim(embeddings) != 2 or np.ndim(expression) != 2:
+        raise ValueError(
+            "SpotBank: `embeddings` must be (n_spots, dim) and `expression` "
+            f"(n_spots, n_genes); got {tuple(np.shape(embeddings))} and "
+            f"{tuple(np.shape(expression))}."
+        )
+    n = int(np.shape(embeddings)[0])
+    if n == 0:
+        raise ValueError("SpotBank: the bank is empty; build it from at least one spot.")
+    if np.shape(expression)[0] != n:
+        raise ValueError(
+            f"SpotBank: {n} embeddings but {np.shape(expression)[0]} expression rows; "
+            "both must describe the same spots in the same order."
+        )
+    if len(gene_names) != np.shape(expression)[1]:
+        raise ValueError(
+            f"SpotBank: {len(gene_names)} gene names for "
+            f"{np.shape(expression)[1]} expression columns."
+        )
+    if not np.isfinite(expression).all() or not np.isfinite(embeddings).all():
+        raise ValueError("SpotBank: embeddings/expression contain NaN or inf values.")
+    if positions is not None and tuple(np.shape(positions)) != (n, 2):
+        raise ValueError(
+            f"SpotBank: `positions` must be ({n}, 2); got {tuple(np.shape(positions))}."
+        )
+    for name, values in (("section_ids", section_ids), ("patient_ids", patient_ids)):
+        if values and len(values) != n:
+            raise ValueError(f"SpotBank: `{name}` has {len(values)} entries for {n} spots.")
+
+
 def check_bank_serves(bank_genes: list[str], bank_dim: int, gene_names: list[str],
                       embedding_dim: int) -> None:
     """Refuse a bank that cannot serve a model: genes or embedding width differ."""
@@ -258,6 +292,6 @@ def check_bank_serves(bank_genes: list[str], bank_dim: int, gene_names: list[str
 
 __all__ = [
     "MIN_DISTANCE", "QUERY_BLOCK", "RETRIEVAL_DISTANCES", "RETRIEVAL_WEIGHTINGS",
-    "SAVED_INDEX_FILENAME", "SPOT_BANK_FILENAME", "check_bank_serves", "check_k", "cosine_topk", "neighbour_weights",
+    "SAVED_INDEX_FILENAME", "SPOT_BANK_FILENAME", "check_bank_arrays", "check_bank_serves", "check_k", "cosine_topk", "neighbour_weights",
     "read_spot_bank_file", "retrieve_arrays", "spot_bank_path",
 ]

@@ -325,16 +325,8 @@ def check_batch_size(batch_size: Any) -> int:
     return batch_size
 
 
-def check_retrieval_k(k: Any, n_bank: int) -> int:
-    if not isinstance(k, int) or isinstance(k, bool) or k < 1:
-        raise ValueError(f"k must be a positive integer; got {k!r}.")
-    if k > n_bank:
-        raise ValueError(f"k={k} is larger than the spot bank ({n_bank} spots); use k <= {n_bank}.")
-    return k
-
-
 __all__ = [
     "DEFAULT_SLIDE_BATCH_SIZE", "HIRES_MAX_SIZE", "TASK", "build_prediction_anndata",
-    "check_batch_size", "check_retrieval_k", "check_spots_inside", "predict_spots",
+    "check_batch_size", "check_spots_inside", "predict_spots",
     "slide_anndata", "slide_thumbnail", "spot_table",
 ]

@@ -23,6 +23,7 @@ from .retrieval_mclstexp import (
     BANK_FORMAT,
     QUERY_BLOCK,
     SPOT_BANK_FILENAME,
+    check_bank_arrays,
     check_bank_serves,
     check_k,
     cosine_topk,
@@ -54,39 +55,14 @@ class SpotBank:
     metadata: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        self.embeddings = torch.as_tensor(self.embeddings, dtype=torch.float32).contiguous()
-        self.expression = torch.as_tensor(self.expression, dtype=torch.float32).contiguous()
-        if self.embeddings.ndim != 2 or self.expression.ndim != 2:
-            raise ValueError(
-                "SpotBank: `embeddings` must be (n_spots, dim) and `expression` "
-                f"(n_spots, n_genes); got {tuple(self.embeddings.shape)} and "
-                f"{tuple(self.expression.shape)}."
-            )
-        n = self.embeddings.shape[0]
-        if n == 0:
-            raise ValueError("SpotBank: the bank is empty; build it from at least one spot.")
-        if self.expression.shape[0] != n:
-            raise ValueError(
-                f"SpotBank: {n} embeddings but {self.expression.shape[0]} expression rows; "
-                "both must describe the same spots in the same order."
-            )
-        if len(self.gene_names) != self.expression.shape[1]:
-            raise ValueError(
-                f"SpotBank: {len(self.gene_names)} gene names for "
-                f"{self.expression.shape[1]} expression columns."
-            )
-        if not torch.isfinite(self.expression).all() or not torch.isfinite(self.embeddings).all():
-            raise ValueError("SpotBank: embeddings/expression contain NaN or inf values.")
+        # on the CPU: retrieval runs in NumPy (retrieval_mclstexp)
+        self.embeddings = torch.as_tensor(self.embeddings, dtype=torch.float32).cpu().contiguous()
+        self.expression = torch.as_tensor(self.expression, dtype=torch.float32).cpu().contiguous()
         if self.positions is not None:
-            self.positions = torch.as_tensor(self.positions, dtype=torch.int64)
-            if tuple(self.positions.shape) != (n, 2):
-                raise ValueError(
-                    f"SpotBank: `positions` must be ({n}, 2); got {tuple(self.positions.shape)}."
-                )
-        for name in ("section_ids", "patient_ids"):
-            values = getattr(self, name)
-            if values and len(values) != n:
-                raise ValueError(f"SpotBank: `{name}` has {len(values)} entries for {n} spots.")
+            self.positions = torch.as_tensor(self.positions, dtype=torch.int64).cpu()
+        check_bank_arrays(self.embeddings.numpy(), self.expression.numpy(), self.gene_names,
+                          None if self.positions is None else self.positions.numpy(),
+                          self.section_ids, self.patient_ids)
         self.gene_names = [str(g) for g in self.gene_names]
 
     # ------------------------------------------------------------------ basics
