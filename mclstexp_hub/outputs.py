@@ -18,7 +18,12 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable, Iterable
+import shutil
+import signal
+import tempfile
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 
@@ -157,34 +162,124 @@ def check_output(
     return path
 
 
-def replace_folder(new: Path, target: Path) -> Path:
+_INTERRUPTS = (signal.SIGINT, signal.SIGTERM)
+
+
+def _defer_interrupts() -> tuple[dict, list]:
+    """Swap in handlers that only note SIGINT/SIGTERM (main thread only: Python runs signal
+    handlers there, whichever thread the OS delivered the signal to)."""
+    previous: dict = {}
+    pending: list = []
+    if threading.current_thread() is not threading.main_thread():
+        return previous, pending
+    for sig in _INTERRUPTS:
+        handler = signal.getsignal(sig)
+        if handler is not None:  # None: a handler not installed from Python; leave it alone
+            previous[sig] = signal.signal(sig, lambda signum, _frame: pending.append(signum))
+    return previous, pending
+
+
+def _deliver_deferred(previous: dict, pending: list) -> None:
+    """Put the original handlers back, then raise what arrived meanwhile (idempotent)."""
+    while previous:
+        sig, handler = previous.popitem()
+        signal.signal(sig, handler)
+    while pending:
+        signal.raise_signal(pending.pop(0))
+
+
+@contextmanager
+def staging(parent: str | os.PathLike, prefix: str, *, file: bool = False,
+            suffix: str = "") -> Iterator[Path]:
+    """A new hidden temporary folder (or empty file) in `parent`, removed on every exit.
+
+    The one way commands get the scratch space an output is written in before it is renamed
+    into place: whatever is still there when the block ends — normally, by an error, or by
+    Ctrl-C / SIGTERM — is partial work and is deleted. An interrupt that arrives while the
+    folder is being created is held until its removal is armed and then delivered, so one that
+    lands the moment the folder appears cannot leave it behind.
+    """
+    parent = Path(parent)
+    parent.mkdir(parents=True, exist_ok=True)
+    previous, pending = _defer_interrupts()
+    path: Path | None = None
+    try:
+        if file:
+            fd, name = tempfile.mkstemp(prefix=prefix, suffix=suffix, dir=parent)
+            os.close(fd)
+        else:
+            name = tempfile.mkdtemp(prefix=prefix, suffix=suffix, dir=parent)
+        path = Path(name)
+        _deliver_deferred(previous, pending)  # a held interrupt is raised here, inside the try
+        yield path
+    finally:
+        _deliver_deferred(previous, pending)
+        if path is not None:
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path, ignore_errors=True)
+            elif os.path.lexists(path):
+                path.unlink(missing_ok=True)
+
+
+def publish_file(tmp: str | os.PathLike, path: str | os.PathLike, mode: int | None = None) -> Path:
+    """Rename the complete file `tmp` onto `path` with normal permissions (mkstemp makes 0600),
+    or `mode` when given (e.g. to keep a replaced file's permissions)."""
+    if mode is None:
+        umask = os.umask(0)
+        os.umask(umask)
+        mode = 0o666 & ~umask
+    os.chmod(tmp, mode)
+    os.replace(tmp, path)
+    return Path(path)
+
+
+def write_text_atomic(text: str, path: str | os.PathLike) -> Path:
+    """Write `text` (UTF-8) to `path` through a temporary sibling file and a rename."""
+    path = Path(path)
+    with staging(path.parent, f".{path.name}.", file=True, suffix=".partial") as tmp:
+        tmp.write_text(text, encoding="utf-8")
+        return publish_file(tmp, path)
+
+
+def replace_folder(new: Path, target: Path, keep: Iterable[str] = ()) -> Path:
     """Rename the complete folder `new` onto `target` — the one publish step of folder outputs.
 
     An old `target` (already checked replaceable by `check_output`) is moved aside first and
-    deleted only after the rename, so readers see the old or the new output, never a mix.
-    `new` gets normal permissions (mkdtemp makes 0700).
+    deleted only after the rename, so readers see the old or the new output, never a mix; if
+    the swap fails the old one is put back as it was. `keep`: entries of the old folder carried
+    over into the new one (e.g. a Trainer's resume states). `new` gets normal permissions
+    (mkdtemp makes 0700).
     """
-    import shutil
-    import tempfile
-
     new, target = Path(new), Path(target)
     umask = os.umask(0)
     os.umask(umask)
     os.chmod(new, 0o777 & ~umask)
-    if target.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
-        os.replace(target, old / "old")
+    if not (target.exists() or target.is_symlink()):
         os.replace(new, target)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(new, target)
+        return target
+    with staging(target.parent, f".{target.name}.old-") as old:
+        previous = old / "old"
+        os.replace(target, previous)
+        moved: list[str] = []
+        try:
+            for name in keep:
+                if os.path.lexists(previous / name):
+                    os.replace(previous / name, new / name)
+                    moved.append(name)
+            os.replace(new, target)
+        except BaseException:
+            if not os.path.lexists(target):
+                for name in moved:
+                    if os.path.lexists(new / name):
+                        os.replace(new / name, previous / name)
+                os.replace(previous, target)
+            raise
     return target
 
 
 __all__ = [
     "ZARR_FORMAT_MARKER",
     "OutputRefused",
-    "replace_folder",
     "check_not_an_input",
     "check_output",
     "is_benchmark_folder",
@@ -193,4 +288,8 @@ __all__ = [
     "is_prediction_h5ad",
     "is_prediction_zarr",
     "is_spot_bank_file",
+    "publish_file",
+    "replace_folder",
+    "staging",
+    "write_text_atomic",
 ]

@@ -27,9 +27,6 @@ them unchanged; the gene panel goes to ``gene_lists/synthetic_genes.txt``.
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,6 +34,8 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 from scipy import ndimage
+
+from .outputs import replace_folder, staging
 
 TISSUE_TYPES = ("tumour", "stroma", "immune", "adipose")
 TUMOUR, STROMA, IMMUNE, ADIPOSE = range(4)
@@ -403,15 +402,13 @@ def generate_synthetic_dataset(
     if spot_diameter > pitch + 64:
         raise ValueError("spot_diameter should not exceed the pitch by much (spots would overlap).")
     programme = make_gene_programme(seed)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
     n_spots: dict[str, int] = {}
     iterator = list(enumerate(sections))
     if progress:
         from tqdm.auto import tqdm
 
         iterator = tqdm(iterator, desc="synthetic slides", unit="slide")
-    try:
+    with staging(out.parent, f".{out.name}.partial-") as tmp:
         data_dir = tmp / "synthetic_st"
         data_dir.mkdir()
         for index, section in iterator:
@@ -431,15 +428,7 @@ def generate_synthetic_dataset(
             "Layout as github.com/almaan/her2st `data/`: synthetic_st/ST-cnts, ST-spotfiles, "
             "ST-imgs, ST-pat/lbl (region of each spot centre).\n"
         )
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o777 & ~umask)
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        replace_folder(tmp, out)
     return SyntheticDataset(
         root=out, data_dir=out / "synthetic_st", genes_file=out / "gene_lists" / "synthetic_genes.txt",
         sections=list(sections), gene_names=programme.gene_names, spot_diameter=spot_diameter,

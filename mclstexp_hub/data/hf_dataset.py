@@ -21,8 +21,6 @@ import io
 import json
 import os
 import re
-import shutil
-import tempfile
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
@@ -35,7 +33,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image as PILImage
 
-from ..outputs import check_output, is_dataset_folder, replace_folder
+from ..outputs import check_output, is_dataset_folder, replace_folder, staging
 from .errors import DataError, preview
 from .patches import iter_patches, window_size
 from ..models.mclstexp.slide_io_mclstexp import CROP_CONVENTION, PAD_VALUE, open_slide
@@ -274,86 +272,82 @@ def build_patch_dataset(
         if a.uns["mclstexp_preprocessing"]["transform"] != prep["transform"]:
             raise DataError(f"section {s}: transform differs from {sections[0]}'s")
     schema = patch_features(len(genes)).arrow_schema
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
     bar = None
-    try:
-        shard_dir = tmp / "data" / dataset_name
-        shard_dir.mkdir(parents=True)
-        if progress:
-            from tqdm.auto import tqdm
+    with staging(out_dir.parent, f".{out_dir.name}.partial-") as tmp:
+        try:
+            shard_dir = tmp / "data" / dataset_name
+            shard_dir.mkdir(parents=True)
+            if progress:
+                from tqdm.auto import tqdm
 
-            bar = tqdm(total=sum(a.n_obs for a in adatas), unit="spot", desc=dataset_name)
-        shards, per_section = {}, {}
-        for a, section in zip(adatas, sections, strict=True):
-            if bar is not None:
-                bar.set_postfix_str(section)
-            rel = f"data/{dataset_name}/{shard_name(section)}.parquet"
-            if rel in shards.values():
-                raise DataError(
-                    f"section {section}: its shard name collides with another section's"
-                )
-            md = a.uns["spatial"][section]["metadata"]
-            src_mpp = md.get("microns_per_pixel")
-            if target_mpp is not None and not src_mpp:
-                with open_slide(md["image_path"]) as slide:
-                    src_mpp = slide.mpp
-            _write_shard(a, tmp / rel, schema, patch_size, target_mpp, rows_per_group, bar)
-            shards[section] = rel
-            per_section[section] = {
-                "patient": str(a.obs["patient"].iloc[0]),
-                "n_spots": int(a.n_obs),
-                "image": Path(md["image_path"]).name if md.get("image_path") else None,
-                "source_mpp": src_mpp,
-                "source_mpp_note": md.get("microns_per_pixel_source"),
-                "window_px": window_size(patch_size, target_mpp, src_mpp)
-                if target_mpp is not None
-                else patch_size,
-                "missing_genes_filled": list(
-                    a.uns["mclstexp_preprocessing"].get("missing_genes_filled", [])
-                ),
-                "zero_total_spots": list(
-                    a.uns["mclstexp_preprocessing"].get("zero_total_spots", [])
-                ),
-                "dropped_spots": md.get("dropped_spots"),
-                # the source's own per-sample fields (e.g. HEST: technology, organ, mpp)
-                "source_metadata": md.get("source_metadata"),
+                bar = tqdm(total=sum(a.n_obs for a in adatas), unit="spot", desc=dataset_name)
+            shards, per_section = {}, {}
+            for a, section in zip(adatas, sections, strict=True):
+                if bar is not None:
+                    bar.set_postfix_str(section)
+                rel = f"data/{dataset_name}/{shard_name(section)}.parquet"
+                if rel in shards.values():
+                    raise DataError(
+                        f"section {section}: its shard name collides with another section's"
+                    )
+                md = a.uns["spatial"][section]["metadata"]
+                src_mpp = md.get("microns_per_pixel")
+                if target_mpp is not None and not src_mpp:
+                    with open_slide(md["image_path"]) as slide:
+                        src_mpp = slide.mpp
+                _write_shard(a, tmp / rel, schema, patch_size, target_mpp, rows_per_group, bar)
+                shards[section] = rel
+                per_section[section] = {
+                    "patient": str(a.obs["patient"].iloc[0]),
+                    "n_spots": int(a.n_obs),
+                    "image": Path(md["image_path"]).name if md.get("image_path") else None,
+                    "source_mpp": src_mpp,
+                    "source_mpp_note": md.get("microns_per_pixel_source"),
+                    "window_px": window_size(patch_size, target_mpp, src_mpp)
+                    if target_mpp is not None
+                    else patch_size,
+                    "missing_genes_filled": list(
+                        a.uns["mclstexp_preprocessing"].get("missing_genes_filled", [])
+                    ),
+                    "zero_total_spots": list(
+                        a.uns["mclstexp_preprocessing"].get("zero_total_spots", [])
+                    ),
+                    "dropped_spots": md.get("dropped_spots"),
+                    # the source's own per-sample fields (e.g. HEST: technology, organ, mpp)
+                    "source_metadata": md.get("source_metadata"),
+                }
+            meta = {
+                "format_version": FORMAT_VERSION,
+                "dataset_name": dataset_name,
+                "config_name": dataset_name,
+                "gene_names": genes,
+                "transform": prep["transform"],
+                "units": prep["units"],
+                "gene_panel_source": prep.get("gene_panel_source"),
+                "sections": sections,
+                "patients": {s: per_section[s]["patient"] for s in sections},
+                "n_spots": {s: per_section[s]["n_spots"] for s in sections},
+                "shards": shards,
+                "per_section": per_section,
+                "patch_size": patch_size,
+                "target_mpp": target_mpp,
+                "mpp": target_mpp,
+                "resampling": "PIL Lanczos" if target_mpp is not None else None,
+                "pad_value": PAD_VALUE,
+                "crop_convention": CROP_CONVENTION,
+                "image_encoding": "PNG (lossless)",
+                "source": source
+                or str(adatas[0].uns["spatial"][sections[0]]["metadata"].get("source")),
+                "license": license or "Unknown — set the source's licence terms (--license).",
+                "created": datetime.now(UTC).isoformat(timespec="seconds"),
             }
-        meta = {
-            "format_version": FORMAT_VERSION,
-            "dataset_name": dataset_name,
-            "config_name": dataset_name,
-            "gene_names": genes,
-            "transform": prep["transform"],
-            "units": prep["units"],
-            "gene_panel_source": prep.get("gene_panel_source"),
-            "sections": sections,
-            "patients": {s: per_section[s]["patient"] for s in sections},
-            "n_spots": {s: per_section[s]["n_spots"] for s in sections},
-            "shards": shards,
-            "per_section": per_section,
-            "patch_size": patch_size,
-            "target_mpp": target_mpp,
-            "mpp": target_mpp,
-            "resampling": "PIL Lanczos" if target_mpp is not None else None,
-            "pad_value": PAD_VALUE,
-            "crop_convention": CROP_CONVENTION,
-            "image_encoding": "PNG (lossless)",
-            "source": source
-            or str(adatas[0].uns["spatial"][sections[0]]["metadata"].get("source")),
-            "license": license or "Unknown — set the source's licence terms (--license).",
-            "created": datetime.now(UTC).isoformat(timespec="seconds"),
-        }
-        (tmp / METADATA_FILE).write_text(json.dumps(meta, indent=2, ensure_ascii=False) + "\n")
-        (tmp / GENES_FILE).write_text("\n".join(genes) + "\n")
-        (tmp / "README.md").write_text(_card(meta), encoding="utf-8")
-        replace_folder(tmp, out_dir)  # overwrite: swap in, then drop the old copy
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    finally:
-        if bar is not None:
-            bar.close()
+            (tmp / METADATA_FILE).write_text(json.dumps(meta, indent=2, ensure_ascii=False) + "\n")
+            (tmp / GENES_FILE).write_text("\n".join(genes) + "\n")
+            (tmp / "README.md").write_text(_card(meta), encoding="utf-8")
+            replace_folder(tmp, out_dir)  # overwrite: swap in, then drop the old copy
+        finally:
+            if bar is not None:
+                bar.close()
     return out_dir
 
 

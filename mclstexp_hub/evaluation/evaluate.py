@@ -9,8 +9,6 @@ whose spots are in the bank are refused by default: their own profiles would be 
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -74,7 +72,7 @@ def evaluate_checkpoint(
     """
     from mclstexp_hub.data.hf_dataset import load_dataset_metadata, load_st_dataset
     from mclstexp_hub.models.mclstexp.modeling_mclstexp import MclSTExpModel
-    from mclstexp_hub.outputs import check_output
+    from mclstexp_hub.outputs import check_output, replace_folder, staging
     from mclstexp_hub.training.torch_dataset import SpotPatchDataset
 
     for option, value in (("--k", k), ("--batch-size", batch_size)):
@@ -144,24 +142,10 @@ def evaluate_checkpoint(
         "sections_in_bank": in_bank,
         "expression_units": model.config.expression_units or meta.get("units"),
     }
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.staging-", dir=out_dir.parent))
-    trash = None
-    try:
+    with staging(out_dir.parent, f".{out_dir.name}.staging-") as stage:
         staged = write_section_reports(results, stage, maps=maps, extra=extra,
                                        n_map_genes=n_map_genes)
-        if out_dir.exists():
-            trash = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.replaced-", dir=out_dir.parent))
-            os.replace(out_dir, trash / "old")
-        os.replace(stage, out_dir)
-    except BaseException:
-        if trash is not None and not out_dir.exists():
-            os.replace(trash / "old", out_dir)
-        raise
-    finally:
-        shutil.rmtree(stage, ignore_errors=True)
-        if trash is not None:
-            shutil.rmtree(trash, ignore_errors=True)
+        replace_folder(stage, out_dir)
     paths = {role: out_dir / p.relative_to(stage) for role, p in staged.items()}
     return results, paths
 

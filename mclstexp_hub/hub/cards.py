@@ -19,7 +19,6 @@ import json
 import math
 import os
 import shlex
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -378,17 +377,9 @@ def _display_path(path: str | os.PathLike) -> str:
 def write_card(text: str, out: str | os.PathLike) -> Path:
     """Write atomically (temp file + rename); the text must parse as a model card."""
     ModelCard(text)
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", dir=out.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.replace(tmp, out)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return out
+    from ..outputs import write_text_atomic
+
+    return write_text_atomic(text, out)
 
 
 __all__ = [

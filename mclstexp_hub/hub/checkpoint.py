@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -43,7 +41,7 @@ def write_checkpoint(
         `checkpoints/` resume states); everything else of the old folder is removed.
     """
     from ..models.mclstexp import register
-    from ..outputs import check_output, is_checkpoint_folder
+    from ..outputs import check_output, is_checkpoint_folder, replace_folder, staging
 
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
@@ -51,38 +49,13 @@ def write_checkpoint(
     check_output(out, overwrite=overwrite, inputs=inputs,
                  is_ours=is_ours or is_checkpoint_folder, what="checkpoint folder")
     register()  # config.json then carries auto_map and the remote code is copied
-    out.parent.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.staging-", dir=out.parent))
-    trash: Path | None = None
-    try:
+    with staging(out.parent, f".{out.name}.staging-") as stage:
         model.save_pretrained(stage, image_processor=image_processor)
         if training_info is not None:
             (stage / TRAINING_INFO_FILE).write_text(
                 json.dumps(training_info, indent=2, default=str) + "\n", encoding="utf-8"
             )
-        if out.exists():
-            trash = Path(tempfile.mkdtemp(prefix=f".{out.name}.replaced-", dir=out.parent))
-            os.replace(out, trash / "old")
-            try:
-                for name in keep:
-                    if (trash / "old" / name).exists():
-                        os.replace(trash / "old" / name, stage / name)
-                os.replace(stage, out)
-            except BaseException:
-                # Put the old folder (and what was moved out of it) back as it was.
-                for name in keep:
-                    if (stage / name).exists() and not (trash / "old" / name).exists():
-                        os.replace(stage / name, trash / "old" / name)
-                if not out.exists():
-                    os.replace(trash / "old", out)
-                raise
-        else:
-            os.replace(stage, out)
-    finally:
-        if stage.exists():
-            shutil.rmtree(stage, ignore_errors=True)
-        if trash is not None:
-            shutil.rmtree(trash, ignore_errors=True)
+        replace_folder(stage, out, keep=keep)
     return out
 
 

@@ -12,15 +12,15 @@ from __future__ import annotations
 
 import logging
 import shutil
-import tempfile
 from collections.abc import Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..outputs import check_output, replace_folder
+from ..outputs import check_output, replace_folder, staging
 from .io import check_output_path, write_h5ad_atomic
 
 logger = logging.getLogger(__name__)
@@ -284,13 +284,12 @@ def predict_to_h5ad(
         mean_r = add_observed(adata, observed, genes, config.expression_transform)
     # Complete or absent: the maps are drawn into a hidden sibling folder first, so a failure
     # while plotting leaves neither the .h5ad nor a half-written maps folder behind.
-    staged = None
-    try:
+    with ExitStack() as scratch:
+        staged = None
         if maps_dir is not None:
             from ..visualization.spatial_maps import save_gene_maps
 
-            maps_dir.parent.mkdir(parents=True, exist_ok=True)
-            staged = Path(tempfile.mkdtemp(prefix=f".{maps_dir.name}.partial-", dir=maps_dir.parent))
+            staged = scratch.enter_context(staging(maps_dir.parent, f".{maps_dir.name}.partial-"))
             save_gene_maps(adata, list(plot_genes), staged)
         if zarr_out:
             from .spatialdata_io import write_spatialdata_atomic
@@ -308,11 +307,7 @@ def predict_to_h5ad(
                 else:
                     path.unlink(missing_ok=True)
                 raise
-            staged = None
             plots = sorted(maps_dir.glob("*.png"))
-    finally:
-        if staged is not None:
-            shutil.rmtree(staged, ignore_errors=True)
     return PredictionResult(adata=adata, path=path, plots=plots, observed_mean_r=mean_r)
 
 

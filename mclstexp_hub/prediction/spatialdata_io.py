@@ -22,8 +22,6 @@ and an optional extra: ``pip install 'mclstexp-hub[spatialdata]'``).
 from __future__ import annotations
 
 import re
-import shutil
-import tempfile
 import warnings
 from collections.abc import Iterable
 from pathlib import Path
@@ -31,7 +29,13 @@ from typing import Any
 
 import numpy as np
 
-from ..outputs import ZARR_FORMAT_MARKER, check_output, is_prediction_zarr, replace_folder
+from ..outputs import (
+    ZARR_FORMAT_MARKER,
+    check_output,
+    is_prediction_zarr,
+    replace_folder,
+    staging,
+)
 
 SUFFIX = ".zarr"
 TABLE_NAME = "table"
@@ -136,16 +140,12 @@ def write_spatialdata_atomic(adata, path: str | Path, overwrite: bool = False,
     path = check_zarr_output(path, overwrite, inputs=inputs)
     require_spatialdata()
     sdata = to_spatialdata(adata)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.partial-", dir=path.parent))
-    try:
+    with staging(path.parent, f".{path.name}.partial-") as tmp:
         staged = tmp / path.name
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*autosharding.*")
             sdata.write(staged)
         replace_folder(staged, path)  # --overwrite was checked to be ours above
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return path
 
 

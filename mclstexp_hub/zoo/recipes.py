@@ -31,13 +31,14 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+from ..outputs import staging, write_text_atomic
 
 STAMP_FORMAT = "mclstexp-zoo-stamp/1"
 STAMPS_DIR = "zoo_stamps"
@@ -366,10 +367,8 @@ class Recipe:
     def _run_step(self, out: Path, opts: ZooOptions, step: Step, inputs: dict) -> dict | None:
         stamp_path = out / STAMPS_DIR / f"{step.name}.json"
         stamp_path.unlink(missing_ok=True)  # from here on the old output is not current
-        (out / STAGING_DIR).mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f"{step.name}-", dir=out / STAGING_DIR))
         t0 = time.perf_counter()
-        try:
+        with staging(out / STAGING_DIR, f"{step.name}-") as tmp:
             stage = tmp / Path(step.output).name if step.output else None
             result = step.run(StepContext(options=opts, out=out, stage=stage, recipe=self))
             if step.output is not None:
@@ -392,8 +391,6 @@ class Recipe:
             stamp["output_fingerprint"] = self.output_fingerprint(out, step, stamp)
             write_json_atomic(stamp, stamp_path)
             return result
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _version() -> str:
@@ -418,15 +415,7 @@ def _publish(stage: Path, target: Path, tmp: Path) -> None:
 
 
 def write_json_atomic(value: Any, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(json.dumps(value, indent=2, sort_keys=True, default=str) + "\n")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    write_text_atomic(json.dumps(value, indent=2, sort_keys=True, default=str) + "\n", path)
 
 
 def read_stamp(out: Path, name: str) -> dict | None:
