@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import logging
 import shutil
-from collections.abc import Sequence
-from contextlib import ExitStack
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -188,6 +189,37 @@ def add_observed(adata, observed: str | Path, gene_names: list[str], transform: 
     return mean_r
 
 
+@contextmanager
+def open_in_background(image: Any) -> Iterator[Future]:
+    """`open_slide(image)` in a worker thread, with the stored thumbnail drawn too.
+
+    Yields the future; the slide is closed when the block ends, and an error of the slide
+    (missing, corrupt, oversized) is raised where `.result()` is asked for, as `open_slide`
+    would have raised it.
+    """
+    from ..models.mclstexp.slide_io_mclstexp import ArraySlide, PyramidSlide, open_slide
+    from ..models.mclstexp.slide_predict_mclstexp import HIRES_MAX_SIZE
+
+    def opened():
+        slide = open_slide(image)
+        if isinstance(slide, (ArraySlide, PyramidSlide)):  # these keep it for the output
+            try:
+                slide.thumbnail(HIRES_MAX_SIZE)
+            except BaseException:
+                slide.close()
+                raise
+        return slide
+
+    pool = ThreadPoolExecutor(1, thread_name_prefix="mclstexp-slide")
+    future = pool.submit(opened)
+    try:
+        yield future
+    finally:
+        pool.shutdown(wait=True)
+        if future.exception() is None:
+            future.result().close()
+
+
 def predict_to_h5ad(
     model: str | Path,
     image: str | Path,
@@ -216,8 +248,6 @@ def predict_to_h5ad(
 
     `out` ending in `.zarr` is written as a SpatialData store (`spatialdata_io`), else .h5ad.
     """
-    from mclstexp_hub.models.mclstexp.slide_io_mclstexp import open_slide
-
     inputs = [image, spots_csv, visium, observed, model if Path(str(model)).exists() else None]
     zarr_out = Path(str(out)).suffix == ".zarr"
     if zarr_out:  # SpatialData store: checked (and spatialdata looked up) before slow work
@@ -241,29 +271,32 @@ def predict_to_h5ad(
     check_backend(backend)  # before the PyTorch-free path reads it
     from .onnx_runtime import OnnxSlidePredictor, onnx_predictor
 
-    if pipe is None:
-        # PyTorch-free when the run allows it (fp32 on CPU, valid ONNX export), else the pipeline
-        runner, why = onnx_predictor(model, device=device, backend=backend, precision=precision)
-        if runner is None:
-            pipe = load_pipeline(model, device=device, revision=revision, batch_size=batch_size,
-                                 backend=backend)
-            pipe.mclstexp_source = {**pipe.mclstexp_source, "runtime": "pytorch",
-                                    "runtime_note": f"PyTorch-free runtime not used: {why}"}
-        else:
-            pipe = runner
-    config = pipe.config if isinstance(pipe, OnnxSlidePredictor) else pipe.model.config
-    genes = list(config.gene_names)
-    unknown = [g for g in plot_genes if g not in set(genes)]
-    if unknown:
-        import difflib
+    # the slide is decoded (and its stored thumbnail drawn) in a thread while the model
+    # loads: both are C code that releases the GIL, so on a small machine this start-up
+    # work overlaps the imports and the model load instead of adding to them
+    with open_in_background(image) as opening:
+        if pipe is None:
+            # PyTorch-free when the run allows it (fp32 on CPU, valid ONNX export), else the pipeline
+            runner, why = onnx_predictor(model, device=device, backend=backend, precision=precision)
+            if runner is None:
+                pipe = load_pipeline(model, device=device, revision=revision, batch_size=batch_size,
+                                     backend=backend)
+                pipe.mclstexp_source = {**pipe.mclstexp_source, "runtime": "pytorch",
+                                        "runtime_note": f"PyTorch-free runtime not used: {why}"}
+            else:
+                pipe = runner
+        config = pipe.config if isinstance(pipe, OnnxSlidePredictor) else pipe.model.config
+        genes = list(config.gene_names)
+        unknown = [g for g in plot_genes if g not in set(genes)]
+        if unknown:
+            import difflib
 
-        hints = {g: difflib.get_close_matches(g, genes, n=3) for g in unknown}
-        raise ValueError(
-            f"--plot gene(s) {unknown} are not in the model's gene panel ({len(genes)} genes); "
-            f"close matches: {hints}. Plot genes of config.gene_names."
-        )
-    slide = open_slide(image)
-    try:
+            hints = {g: difflib.get_close_matches(g, genes, n=3) for g in unknown}
+            raise ValueError(
+                f"--plot gene(s) {unknown} are not in the model's gene panel ({len(genes)} genes); "
+                f"close matches: {hints}. Plot genes of config.gene_names."
+            )
+        slide = opening.result()
         table, diameter, source = _spots_for(
             slide, spots_csv=spots_csv, visium=visium, tile=tile, patch_size=config.patch_size,
             tile_pitch=tile_pitch, min_tissue_fraction=min_tissue_fraction,
@@ -277,8 +310,6 @@ def predict_to_h5ad(
                                                                "model_revision": str(revision)}),
                         "spots_source": source, "image": str(image)},
         )
-    finally:
-        slide.close()
     mean_r = None
     if observed is not None:
         mean_r = add_observed(adata, observed, genes, config.expression_transform)

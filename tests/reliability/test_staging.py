@@ -18,6 +18,14 @@ from mclstexp_hub.outputs import publish_file, replace_folder, staging, write_te
 
 
 @pytest.fixture(autouse=True)
+def ctrl_c_raises():
+    """Ctrl-C as in a foreground shell (a run started with `cmd &` inherits SIGINT ignored)."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+@pytest.fixture(autouse=True)
 def other_thread():
     """A live second thread, as in a real command (readers, progress bars): the OS may hand a
     process-directed signal to it, so masking the main thread alone would not hold it."""
@@ -123,3 +131,12 @@ def test_failed_swap_puts_the_old_folder_back(tmp_path, monkeypatch):
         monkeypatch.setattr(os, "replace", real)
     assert sorted(p.name for p in folder.iterdir()) == ["keep", "old.txt"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["folder"]
+
+
+def test_an_ignored_interrupt_stays_ignored(tmp_path, monkeypatch):
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # put back by the ctrl_c_raises fixture
+    _signal_on_create(monkeypatch, "mkdtemp", signal.SIGINT)
+    with staging(tmp_path, ".out.partial-") as scratch:
+        (scratch / "written").write_text("x")  # the held SIGINT was ignored, as asked
+    assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    assert list(tmp_path.iterdir()) == []

@@ -215,6 +215,7 @@ class ArraySlide(Slide):
             array = to_rgb8(array, self.name)
         self._array = array
         self.height, self.width = array.shape[:2]
+        self._thumbnails: dict[int, Image.Image] = {}
 
     def read_region(self, x0: int, y0: int, w: int, h: int) -> np.ndarray:
         out = np.full((h, w, 3), PAD_VALUE, dtype=np.uint8)
@@ -225,11 +226,17 @@ class ArraySlide(Slide):
         return out
 
     def thumbnail(self, max_size: int) -> Image.Image:
-        size = _thumbnail_size(self.width, self.height, max_size)
-        return Image.fromarray(self._array).resize(size, Image.BILINEAR, reducing_gap=3.0)
+        # kept per size: a whole-image resize is ~0.5 s, and a prediction asks for the stored
+        # thumbnail once its spots are predicted (computed ahead by `predict`, see there)
+        if max_size not in self._thumbnails:
+            size = _thumbnail_size(self.width, self.height, max_size)
+            self._thumbnails[max_size] = Image.fromarray(self._array).resize(
+                size, Image.BILINEAR, reducing_gap=3.0)
+        return self._thumbnails[max_size].copy()
 
     def close(self) -> None:
         self._array = np.zeros((0, 0, 3), dtype=np.uint8)
+        self._thumbnails.clear()
 
 
 class PyramidSlide(Slide):
@@ -242,6 +249,7 @@ class PyramidSlide(Slide):
         props = self._slide.properties
         mpp = props.get("tiffslide.mpp-x") or props.get("openslide.mpp-x")
         self.mpp = float(mpp) if mpp not in (None, "") else None
+        self._thumbnails: dict[int, Image.Image] = {}
 
     def read_region(self, x0: int, y0: int, w: int, h: int) -> np.ndarray:
         out = np.full((h, w, 3), PAD_VALUE, dtype=np.uint8)
@@ -260,12 +268,15 @@ class PyramidSlide(Slide):
         return out
 
     def thumbnail(self, max_size: int) -> Image.Image:
-        size = _thumbnail_size(self.width, self.height, max_size)
-        thumb = self._slide.get_thumbnail(size)
-        return Image.fromarray(to_rgb8(thumb, str(self.path)))
+        if max_size not in self._thumbnails:  # kept per size, as ArraySlide's
+            size = _thumbnail_size(self.width, self.height, max_size)
+            thumb = self._slide.get_thumbnail(size)
+            self._thumbnails[max_size] = Image.fromarray(to_rgb8(thumb, str(self.path)))
+        return self._thumbnails[max_size].copy()
 
     def close(self) -> None:
         self._slide.close()
+        self._thumbnails.clear()
 
 
 class _DuckSlide(Slide):
