@@ -344,3 +344,30 @@ def test_predict_from_a_hub_repo_records_the_commit(checkpoint, small_slide, tmp
     info = ad.read_h5ad(out).uns["mclstexp"]
     assert info["model"] == "org/synthetic-test"
     assert info["model_revision"] == f"main (commit {sha})"
+
+
+def test_slide_opened_in_background_is_the_same_slide_and_is_closed(tmp_path):
+    """predict decodes the slide in a worker thread: same pixels and thumbnail as a plain
+    open_slide, errors raised where the result is asked for, the slide closed afterwards."""
+    from PIL import Image
+
+    from mclstexp_hub.models.mclstexp.slide_io_mclstexp import open_slide
+    from mclstexp_hub.models.mclstexp.slide_predict_mclstexp import HIRES_MAX_SIZE
+    from mclstexp_hub.prediction.predict import open_in_background
+
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 256, (300, 420, 3), dtype=np.uint8)
+    image = tmp_path / "slide.png"
+    Image.fromarray(pixels).save(image)
+    plain = open_slide(image)
+    with open_in_background(image) as opening:
+        slide = opening.result()
+        assert np.array_equal(slide.read_region(0, 0, 420, 300), pixels)
+        first = slide.thumbnail(HIRES_MAX_SIZE)
+        first.paste((0, 0, 0), (0, 0, 50, 50))  # callers get a copy, never the kept one
+        assert np.array_equal(np.asarray(slide.thumbnail(HIRES_MAX_SIZE)),
+                              np.asarray(plain.thumbnail(HIRES_MAX_SIZE)))
+    assert slide._array.size == 0  # closed when the block ended
+    with open_in_background(tmp_path / "missing.png") as opening, \
+            pytest.raises(FileNotFoundError, match="image not found"):
+        opening.result()

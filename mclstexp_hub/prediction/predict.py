@@ -10,6 +10,7 @@ provenance, atomic writing and pictures.
 
 from __future__ import annotations
 
+import importlib
 import logging
 import shutil
 from collections.abc import Iterator, Sequence
@@ -296,6 +297,10 @@ def predict_to_h5ad(
                 f"--plot gene(s) {unknown} are not in the model's gene panel ({len(genes)} genes); "
                 f"close matches: {hints}. Plot genes of config.gene_names."
             )
+        # what the spot table and the AnnData need (~2 s of GIL-bound imports), imported here
+        # in the main thread while the slide is still decoding in its own
+        for library in ("pandas", "anndata"):
+            importlib.import_module(library)
         slide = opening.result()
         table, diameter, source = _spots_for(
             slide, spots_csv=spots_csv, visium=visium, tile=tile, patch_size=config.patch_size,
