@@ -133,3 +133,34 @@ def test_an_explicit_k_is_used_and_a_bad_one_refused(exported, synthetic, tmp_pa
     err = capsys.readouterr().err
     assert code == 2 and "larger than the spot bank" in err and "Traceback" not in err
     assert not (tmp_path / "k0.h5ad").exists()
+
+
+def test_evaluate_runs_the_exported_tower_with_the_pipelines_scores(exported, synthetic, tmp_path):
+    """`mclstexp evaluate` uses a valid export in fp32 on the CPU, as predict does: same scores
+    as the PyTorch tower, the runtime recorded; an impossible request is refused up front."""
+    from mclstexp_hub.evaluation.evaluate import evaluate_checkpoint
+
+    section = [synthetic.sections[0]]
+    common = {"allow_bank_overlap": True, "progress": False, "precision": "fp32", "n_map_genes": 0}
+    onnx, paths = evaluate_checkpoint(exported, synthetic.dataset, section, tmp_path / "onnx",
+                                      **common)
+    torch_run, torch_paths = evaluate_checkpoint(exported, synthetic.dataset, section,
+                                                 tmp_path / "torch", backend="torch", **common)
+    recorded = json.loads(paths["metrics_json"].read_text())
+    assert recorded["image_tower"]["image_tower_backend"] == "onnxruntime"
+    assert recorded["precision"] == "fp32"
+    assert json.loads(torch_paths["metrics_json"].read_text())["image_tower"] == {
+        "image_tower_backend": "torch"}
+    for a, b in zip(onnx, torch_run, strict=True):
+        assert a.pcc_acg == pytest.approx(b.pcc_acg, abs=1e-4)
+        assert a.mse == pytest.approx(b.mse, rel=1e-4)
+    with pytest.raises(ValueError, match="--backend onnxruntime"):
+        evaluate_checkpoint(synthetic.checkpoint, synthetic.dataset, section, tmp_path / "none",
+                            backend="onnxruntime", **common)
+    with pytest.raises(ValueError, match="--precision bf16"):
+        evaluate_checkpoint(exported, synthetic.dataset, section, tmp_path / "bf16",
+                            backend="onnxruntime", **{**common, "precision": "bf16"})
+    assert not (tmp_path / "none").exists() and not (tmp_path / "bf16").exists()
+    with pytest.raises(ValueError, match="backend"):
+        evaluate_checkpoint(exported, synthetic.dataset, section, tmp_path / "bad",
+                            backend="tensorrt", **common)

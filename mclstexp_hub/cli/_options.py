@@ -57,6 +57,14 @@ def add_precision_option(p: argparse.ArgumentParser, default: str | None = "auto
                         "with the output (default: auto)")
 
 
+def add_backend_option(p: argparse.ArgumentParser, recorded_in: str = "metrics.json") -> None:
+    """`--backend`: the image tower's runtime (the choices of `onnx_tower_mclstexp.BACKENDS`)."""
+    p.add_argument("--backend", choices=["auto", "torch", "onnxruntime"], default="auto",
+                   help="image tower runtime: auto = the checkpoint's ONNX export "
+                        "(`mclstexp onnx DIR`) when valid and onnxruntime is installed, on CPU "
+                        f"in fp32; else torch. Recorded in {recorded_in} (default: auto)")
+
+
 def add_command(
     subparsers: argparse._SubParsersAction, name: str, help: str, description: str | None = None
 ) -> argparse.ArgumentParser:

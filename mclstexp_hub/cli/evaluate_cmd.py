@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from ._options import (
+    add_backend_option,
     add_precision_option,
     add_batch_size_option,
     add_command,
@@ -26,7 +27,7 @@ def _run(args: argparse.Namespace) -> int:
     results, paths = evaluate_checkpoint(
         args.model, args.dataset, args.sections, args.out,
         **option_values(args, ("k", "distance", "weighting", "batch_size", "allow_bank_overlap",
-                               "n_map_genes", "precision")),
+                               "n_map_genes", "precision", "backend")),
         progress=not args.quiet, overwrite=args.overwrite,
     )
     print(f"{'section':<10} {'spots':>6} {'PCC(ACG)':>9} {'PCC(HEG)':>9} {'PCC(HVG)':>9} "
@@ -59,6 +60,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_batch_size_option(p, 64, "patches per image-tower batch")
     p.add_argument("--n-map-genes", type=int, default=4, help="best genes drawn per section map")
     add_precision_option(p)
+    add_backend_option(p)
     p.add_argument("--allow-bank-overlap", action="store_true",
                    help="score sections that are in the model's bank (not a held-out estimate)")
     add_overwrite_option(p, "replace an existing --out written by `mclstexp evaluate`")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from ._options import (
+    add_backend_option,
     add_precision_option,
     ListOption,
     add_batch_size_option,
@@ -82,9 +83,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--min-tissue-fraction", type=float, default=0.5,
                    help="--tile: keep grid points with at least this tissue under the patch")
     add_precision_option(p)
-    p.add_argument("--backend", choices=["auto", "torch", "onnxruntime"], default="auto",
-                   help="image tower runtime: auto = the checkpoint's ONNX export "
-                        "(`mclstexp onnx DIR`) when valid and onnxruntime is installed, on CPU "
-                        "in fp32; else torch. Recorded in uns['mclstexp'] (default: auto)")
+    add_backend_option(p, "uns['mclstexp']")
     add_run_options(p, quiet="no progress bar")
     p.set_defaults(func=_predict)

@@ -34,19 +34,42 @@ def predict_patches(
     """Expression (N, G) for uint8 (N, 3, H, W) patches: image tower → projection → retrieval.
 
     `precision` as `mclstexp predict --precision`: auto = bf16 autocast + channels-last on
-    native-bf16 hardware, else fp32; the retrieval itself always runs in fp32.
+    native-bf16 hardware, else fp32; the retrieval itself always runs in fp32. An ONNX export
+    attached to `model` (`attach_onnx_tower`) runs the tower in fp32 on the CPU, as in predict.
     """
-    from mclstexp_hub.models.mclstexp.precision_mclstexp import resolve_precision
-    from mclstexp_hub.training.features import compute_image_features
+    from mclstexp_hub.models.mclstexp.precision_mclstexp import onnx_tower_runs, resolve_precision
 
-    bf16 = resolve_precision(precision, model.device) == "bf16"
-    features = compute_image_features(model, patches, 1, batch_size=batch_size,
-                                      progress=progress, bf16=bf16)[0]
+    resolved = resolve_precision(precision, model.device)
+    if onnx_tower_runs(model, model.device, resolved):
+        embeds = _onnx_embeds(model, patches, batch_size=batch_size, progress=progress)
+    else:
+        from mclstexp_hub.training.features import compute_image_features
+
+        features = compute_image_features(model, patches, 1, batch_size=batch_size,
+                                          progress=progress, bf16=resolved == "bf16")[0]
+        with torch.no_grad():
+            embeds = model.get_image_features(image_features=features).pooler_output
     with torch.no_grad():
-        embeds = model.get_image_features(image_features=features).pooler_output
         out = model.predict_expression(image_embeds=embeds.float(), k=k, distance=distance,
                                        weighting=weighting)
     return out.expression.numpy()
+
+
+def _onnx_embeds(model, patches: torch.Tensor, *, batch_size: int, progress: bool) -> torch.Tensor:
+    """Image embeddings of uint8 (N, 3, H, W) patches from the attached ONNX tower."""
+    from tqdm.auto import tqdm
+
+    from mclstexp_hub.models.mclstexp.pixels_mclstexp import scale_pixel_values
+
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be positive; got {batch_size!r}.")
+    tower, scaling = model.onnx_image_tower, model.config.pixel_scaling
+    array = patches.numpy() if isinstance(patches, torch.Tensor) else np.asarray(patches)
+    out = []
+    for start in tqdm(range(0, len(array), batch_size), desc="image tower (ONNX Runtime)",
+                      unit="batch", disable=not progress):
+        out.append(tower.run(scale_pixel_values(array[start:start + batch_size], scaling)))
+    return torch.from_numpy(np.concatenate(out)) if out else torch.zeros(0, model.config.projection_dim)
 
 
 def evaluate_checkpoint(
@@ -64,14 +87,19 @@ def evaluate_checkpoint(
     progress: bool = True,
     overwrite: bool = False,
     precision: str = "auto",
+    backend: str = "auto",
 ) -> tuple[list[SectionMetrics], dict[str, Path]]:
     """Predict and score `sections` of `dataset` with the checkpoint at `model_path`.
 
     `out_dir` is written whole or not at all (staged, then renamed); an existing one is
     replaced only with `overwrite` and only when it holds an evaluation of ours.
+    `backend`: the image tower's runtime, as `mclstexp predict --backend` (auto = the folder's
+    valid ONNX export in fp32 on the CPU, else torch); recorded in metrics.json.
     """
     from mclstexp_hub.data.hf_dataset import load_dataset_metadata, load_st_dataset
     from mclstexp_hub.models.mclstexp.modeling_mclstexp import MclSTExpModel
+    from mclstexp_hub.models.mclstexp.onnx_tower_mclstexp import attach_onnx_tower, check_backend
+    from mclstexp_hub.models.mclstexp.precision_mclstexp import onnx_tower_runs, resolve_precision
     from mclstexp_hub.outputs import check_output, replace_folder, staging
     from mclstexp_hub.training.torch_dataset import SpotPatchDataset
 
@@ -80,9 +108,21 @@ def evaluate_checkpoint(
             raise ValueError(f"{option} must be a positive integer; got {value}.")
     if n_map_genes < 0:
         raise ValueError(f"--n-map-genes must be >= 0 (0: no gene maps); got {n_map_genes}.")
+    check_backend(backend)
+    resolved = resolve_precision(precision)
+    local = Path(os.fspath(model_path)).is_dir()
+    if backend == "onnxruntime" and not local:
+        raise ValueError("--backend onnxruntime needs a local checkpoint folder holding "
+                         "image_tower.onnx (`mclstexp onnx DIR`); download the model first.")
     out_dir = check_output(out_dir, overwrite=overwrite, inputs=[model_path, dataset],
                            is_ours=is_evaluation_folder, what="evaluation folder")
     model = MclSTExpModel.from_pretrained(os.fspath(model_path)).eval()
+    tower = attach_onnx_tower(model, model_path, backend) if local else {}
+    if backend == "onnxruntime" and not onnx_tower_runs(model, model.device, resolved):
+        raise ValueError(f"--backend onnxruntime runs the fp32 export; --precision {precision} "
+                         f"resolves to {resolved}. Pass --precision fp32 or --backend torch.")
+    tower["image_tower_backend"] = ("onnxruntime" if onnx_tower_runs(model, model.device, resolved)
+                                    else "torch")
     if model.spot_bank is None:
         raise ValueError(
             f"{model_path} has no spot_bank.safetensors, so it cannot predict expression; build "
@@ -141,6 +181,8 @@ def evaluate_checkpoint(
                       "bank_spots": len(model.spot_bank)},
         "sections_in_bank": in_bank,
         "expression_units": model.config.expression_units or meta.get("units"),
+        "precision": resolved,
+        "image_tower": tower,
     }
     with staging(out_dir.parent, f".{out_dir.name}.staging-") as stage:
         staged = write_section_reports(results, stage, maps=maps, extra=extra,

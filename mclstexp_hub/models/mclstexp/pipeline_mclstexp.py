@@ -36,7 +36,7 @@ from PIL import Image
 from transformers import Pipeline
 
 from .image_processing_mclstexp import MclSTExpImageProcessor
-from .precision_mclstexp import autocast, prepare_pixels, resolve_precision
+from .precision_mclstexp import autocast, onnx_tower_runs, prepare_pixels, resolve_precision
 from .retrieval_mclstexp import check_k
 from .slide_io_mclstexp import Slide, decode_flat_image, open_slide, to_rgb8
 from .slide_predict_mclstexp import (
@@ -185,9 +185,7 @@ class MclSTExpPipeline(Pipeline):
 
     def _tower_backend(self, resolved_precision: str) -> str:
         """"onnxruntime" when an ONNX export is attached and the run is fp32 on CPU, else "torch"."""
-        attached = getattr(self.model, "onnx_image_tower", None) is not None
-        on_cpu = self.device.type == "cpu"
-        return "onnxruntime" if attached and on_cpu and resolved_precision == "fp32" else "torch"
+        return "onnxruntime" if onnx_tower_runs(self.model, self.device, resolved_precision) else "torch"
 
     def _embed(self, pixels: torch.Tensor, precision: str | None) -> tuple[torch.Tensor, str]:
         """Image embeddings (fp32) at the resolved precision, channels-last — or, in fp32 on

@@ -76,7 +76,17 @@ def prepare_pixels(pixels: Any, precision: str) -> Any:
     return pixels
 
 
+def onnx_tower_runs(model: Any, device: Any, precision: str) -> bool:
+    """Whether the image tower runs from its ONNX Runtime export: one is attached to `model`
+    (`onnx_tower_mclstexp.attach_onnx_tower`), the run is on the CPU and the resolved
+    `precision` is fp32 (the export is fp32; bf16 runs in PyTorch). The one rule of the
+    pipeline and of `mclstexp evaluate`."""
+    on_cpu = getattr(device, "type", str(device).split(":")[0]) == "cpu"
+    return getattr(model, "onnx_image_tower", None) is not None and on_cpu and precision == "fp32"
+
+
 __all__ = [
+    "onnx_tower_runs",
     "PRECISIONS",
     "Precision",
     "autocast",
