@@ -302,3 +302,23 @@ def test_intermediate_trainer_checkpoint_loads_and_predicts(tmp_path):
         pixel_values=scale_pixel_values(spots.patches[:3], loaded.config.pixel_scaling))
     assert prediction.expression.shape == (3, len(meta["gene_names"]))
     assert torch.isfinite(prediction.expression).all()
+
+
+def test_interrupt_while_the_out_folder_is_made_leaves_nothing(tmp_path, monkeypatch):
+    """Ctrl-C landing just after `--out` is created (before the call making it returns): the
+    folder is still this run's own and is removed, so a rerun is not refused."""
+    import mclstexp_hub.training.trainer as trainer_module
+
+    dataset, _, meta = tiny_her2st_dataset(8)
+    spots = SpotPatchDataset(dataset)
+    real = trainer_module.os.makedirs
+
+    def makes_then_interrupted(path, *args, **kwargs):
+        real(path, *args, **kwargs)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(trainer_module.os, "makedirs", makes_then_interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        train_model(spots, meta["gene_names"], tmp_path / "ck", config_overrides=SMALL,
+                    dataset_metadata=meta, progress=False, max_steps=1)
+    assert not (tmp_path / "ck").exists()

@@ -519,8 +519,12 @@ def train_model(
     if out_dir is not None:
         out_dir = os.fspath(out_dir)
         existed_empty = os.path.isdir(out_dir) and not os.listdir(out_dir)
-        own = _prepare_out_dir(out_dir, resume, inputs) if is_main else False
     try:
+        if out_dir is not None and is_main:
+            # known before the folder is made, so an interrupt that lands while it is being made
+            # (before the call returns) still removes it below
+            own = existed_empty or not os.path.lexists(out_dir)
+            own = _prepare_out_dir(out_dir, resume, inputs)
         set_seed(prof.seed)
         config = build_training_config(
             gene_names,

@@ -10,6 +10,7 @@ last stderr line says the command was interrupted.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -110,7 +111,15 @@ def test_interrupted_train_leaves_nothing_and_reruns(assets, tmp_path, sig):
     before = snapshot(work)
     argv = ["train", "--dataset", assets.dataset, "--out", work / "ck", "--preset", "her2st",
             "--profile", "cpu", "--image-encoder", "resnet10t", "--epochs", 40]
-    code, err = _wait_then_signal(argv, lambda _err: (work / "ck").exists(), sig)
+    for _attempt in range(3):
+        code, err = _wait_then_signal(argv, lambda _err: (work / "ck").exists(), sig)
+        if code != 0:
+            break
+        # Exit 0: the run's last seconds (training, bank, save) were over before the signal was
+        # handled — seen once on a loaded CI machine; local probes at 0-7 s after --out appears
+        # gave exit 0 only for signals landing after the final save. That proves nothing about
+        # an interrupt mid-run, so the completed output is cleared and the run repeated.
+        shutil.rmtree(work / "ck")
     _assert_clean(work, before, err, code, sig)
     assert assets_snapshot(assets.root) == shared
     rerun = subprocess.run([sys.executable, "-m", "mclstexp_hub.cli", *map(str, argv), "--quiet"],
