@@ -221,14 +221,11 @@ def staging(parent: str | os.PathLike, prefix: str, *, file: bool = False,
                 path.unlink(missing_ok=True)
 
 
-def publish_file(tmp: str | os.PathLike, path: str | os.PathLike, mode: int | None = None) -> Path:
-    """Rename the complete file `tmp` onto `path` with normal permissions (mkstemp makes 0600),
-    or `mode` when given (e.g. to keep a replaced file's permissions)."""
-    if mode is None:
-        umask = os.umask(0)
-        os.umask(umask)
-        mode = 0o666 & ~umask
-    os.chmod(tmp, mode)
+def publish_file(tmp: str | os.PathLike, path: str | os.PathLike) -> Path:
+    """Rename the complete file `tmp` onto `path` with normal permissions (mkstemp makes 0600)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)
     os.replace(tmp, path)
     return Path(path)
 

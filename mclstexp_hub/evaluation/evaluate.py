@@ -118,11 +118,11 @@ def evaluate_checkpoint(
                            is_ours=is_evaluation_folder, what="evaluation folder")
     model = MclSTExpModel.from_pretrained(os.fspath(model_path)).eval()
     tower = attach_onnx_tower(model, model_path, backend) if local else {}
-    if backend == "onnxruntime" and not onnx_tower_runs(model, model.device, resolved):
+    on_onnx = onnx_tower_runs(model, model.device, resolved)
+    if backend == "onnxruntime" and not on_onnx:
         raise ValueError(f"--backend onnxruntime runs the fp32 export; --precision {precision} "
                          f"resolves to {resolved}. Pass --precision fp32 or --backend torch.")
-    tower["image_tower_backend"] = ("onnxruntime" if onnx_tower_runs(model, model.device, resolved)
-                                    else "torch")
+    tower["image_tower_backend"] = "onnxruntime" if on_onnx else "torch"
     if model.spot_bank is None:
         raise ValueError(
             f"{model_path} has no spot_bank.safetensors, so it cannot predict expression; build "

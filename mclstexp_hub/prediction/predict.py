@@ -198,17 +198,16 @@ def open_in_background(image: Any) -> Iterator[Future]:
     (missing, corrupt, oversized) is raised where `.result()` is asked for, as `open_slide`
     would have raised it.
     """
-    from ..models.mclstexp.slide_io_mclstexp import ArraySlide, PyramidSlide, open_slide
+    from ..models.mclstexp.slide_io_mclstexp import open_slide
     from ..models.mclstexp.slide_predict_mclstexp import HIRES_MAX_SIZE
 
     def opened():
         slide = open_slide(image)
-        if isinstance(slide, (ArraySlide, PyramidSlide)):  # these keep it for the output
-            try:
-                slide.thumbnail(HIRES_MAX_SIZE)
-            except BaseException:
-                slide.close()
-                raise
+        try:
+            slide.thumbnail(HIRES_MAX_SIZE)  # kept by the slide for the output's image
+        except BaseException:
+            slide.close()
+            raise
         return slide
 
     pool = ThreadPoolExecutor(1, thread_name_prefix="mclstexp-slide")

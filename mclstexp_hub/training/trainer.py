@@ -278,12 +278,12 @@ def is_training_out_dir(path: Path) -> bool:
 
 def _prepare_out_dir(
     out_dir: str, resume: bool, inputs: Iterable[str | os.PathLike | None] = ()
-) -> bool:
+) -> None:
     """The final checkpoint replaces `out_dir` whole, so only an empty one (or, to resume, one
     holding this run's own state) is accepted. Never an input, nor a folder holding one.
 
-    Returns True when `out_dir` is this run's own (absent or empty before), so a failed or
-    interrupted run removes it and a rerun starts clean.
+    An absent or empty `out_dir` is this run's own (the caller knows that before the call):
+    a failed or interrupted run removes it, so a rerun starts clean.
     """
     from ..outputs import OutputRefused, check_not_an_input
 
@@ -301,9 +301,8 @@ def _prepare_out_dir(
                 f"--out {out_dir} holds files that are neither an mclstexp checkpoint nor this "
                 "trainer's checkpoints/ state; --resume would replace them. Choose another --out."
             )
-        return False
+        return
     os.makedirs(out_dir, exist_ok=True)
-    return True
 
 
 def _remove_own_out_dir(out_dir: str, existed_empty: bool) -> None:
@@ -521,10 +520,10 @@ def train_model(
         existed_empty = os.path.isdir(out_dir) and not os.listdir(out_dir)
     try:
         if out_dir is not None and is_main:
-            # known before the folder is made, so an interrupt that lands while it is being made
-            # (before the call returns) still removes it below
+            # this run's own folder when absent or empty — known before `_prepare_out_dir`
+            # makes it, so an interrupt that lands while it is being made still removes it
             own = existed_empty or not os.path.lexists(out_dir)
-            own = _prepare_out_dir(out_dir, resume, inputs)
+            _prepare_out_dir(out_dir, resume, inputs)
         set_seed(prof.seed)
         config = build_training_config(
             gene_names,

@@ -71,8 +71,8 @@ def cosine_topk(queries: np.ndarray, bank: np.ndarray, k: int,
     check_k(k, n)
     q = _unit_rows(queries)
     blocks = [slice(i, i + QUERY_BLOCK) for i in range(0, q.shape[0], QUERY_BLOCK)]
-    best = [(np.empty((len(range(q.shape[0])[b]), 0), dtype=np.float32),
-             np.empty((len(range(q.shape[0])[b]), 0), dtype=np.int64)) for b in blocks]
+    best = [(np.empty((q[b].shape[0], 0), dtype=np.float32),
+             np.empty((q[b].shape[0], 0), dtype=np.int64)) for b in blocks]
     with ThreadPoolExecutor(max_workers=_threads()) as pool:
         for start in range(0, n, chunk_size):
             unit = _unit_rows(bank[start : start + chunk_size])

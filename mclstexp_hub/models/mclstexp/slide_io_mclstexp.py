@@ -174,7 +174,15 @@ class Slide:
         return self.read_region(x0, y0, size, size)
 
     def thumbnail(self, max_size: int) -> Image.Image:
-        """An RGB PIL image whose longest side is at most ``max_size``."""
+        """An RGB PIL image whose longest side is at most ``max_size`` (a copy: each size is
+        drawn once and kept, since a whole-image resize costs ~0.5 s and a prediction asks for
+        the stored thumbnail after its spots; `predict` draws it ahead in a thread)."""
+        kept = self.__dict__.setdefault("_thumbnails", {})
+        if max_size not in kept:
+            kept[max_size] = self._draw_thumbnail(max_size)
+        return kept[max_size].copy()
+
+    def _draw_thumbnail(self, max_size: int) -> Image.Image:
         raise NotImplementedError
 
     def contains(self, x: float, y: float) -> bool:
@@ -184,8 +192,8 @@ class Slide:
     def name(self) -> str:
         return str(self.path) if self.path is not None else "the slide image"
 
-    def close(self) -> None:  # pragma: no cover - overridden where there is something to free
-        pass
+    def close(self) -> None:
+        self.__dict__.pop("_thumbnails", None)
 
     def __enter__(self) -> Self:
         return self
@@ -215,7 +223,6 @@ class ArraySlide(Slide):
             array = to_rgb8(array, self.name)
         self._array = array
         self.height, self.width = array.shape[:2]
-        self._thumbnails: dict[int, Image.Image] = {}
 
     def read_region(self, x0: int, y0: int, w: int, h: int) -> np.ndarray:
         out = np.full((h, w, 3), PAD_VALUE, dtype=np.uint8)
@@ -225,18 +232,14 @@ class ArraySlide(Slide):
             out[sy0 - y0 : sy1 - y0, sx0 - x0 : sx1 - x0] = self._array[sy0:sy1, sx0:sx1]
         return out
 
-    def thumbnail(self, max_size: int) -> Image.Image:
-        # kept per size: a whole-image resize is ~0.5 s, and a prediction asks for the stored
-        # thumbnail once its spots are predicted (computed ahead by `predict`, see there)
-        if max_size not in self._thumbnails:
-            size = _thumbnail_size(self.width, self.height, max_size)
-            self._thumbnails[max_size] = Image.fromarray(self._array).resize(
-                size, Image.BILINEAR, reducing_gap=2.0)  # box-reduce first: 0.6 s, not 1 s, on 92 Mpx
-        return self._thumbnails[max_size].copy()
+    def _draw_thumbnail(self, max_size: int) -> Image.Image:
+        size = _thumbnail_size(self.width, self.height, max_size)
+        return Image.fromarray(self._array).resize(  # box-reduce first: 0.6 s, not 1 s, on 92 Mpx
+            size, Image.BILINEAR, reducing_gap=2.0)
 
     def close(self) -> None:
         self._array = np.zeros((0, 0, 3), dtype=np.uint8)
-        self._thumbnails.clear()
+        super().close()
 
 
 class PyramidSlide(Slide):
@@ -249,7 +252,6 @@ class PyramidSlide(Slide):
         props = self._slide.properties
         mpp = props.get("tiffslide.mpp-x") or props.get("openslide.mpp-x")
         self.mpp = float(mpp) if mpp not in (None, "") else None
-        self._thumbnails: dict[int, Image.Image] = {}
 
     def read_region(self, x0: int, y0: int, w: int, h: int) -> np.ndarray:
         out = np.full((h, w, 3), PAD_VALUE, dtype=np.uint8)
@@ -267,16 +269,14 @@ class PyramidSlide(Slide):
         out[sy0 - y0 : sy1 - y0, sx0 - x0 : sx1 - x0] = to_rgb8(region, str(self.path))
         return out
 
-    def thumbnail(self, max_size: int) -> Image.Image:
-        if max_size not in self._thumbnails:  # kept per size, as ArraySlide's
-            size = _thumbnail_size(self.width, self.height, max_size)
-            thumb = self._slide.get_thumbnail(size)
-            self._thumbnails[max_size] = Image.fromarray(to_rgb8(thumb, str(self.path)))
-        return self._thumbnails[max_size].copy()
+    def _draw_thumbnail(self, max_size: int) -> Image.Image:
+        size = _thumbnail_size(self.width, self.height, max_size)
+        thumb = self._slide.get_thumbnail(size)
+        return Image.fromarray(to_rgb8(thumb, str(self.path)))
 
     def close(self) -> None:
         self._slide.close()
-        self._thumbnails.clear()
+        super().close()
 
 
 class _DuckSlide(Slide):
@@ -294,7 +294,7 @@ class _DuckSlide(Slide):
             raise ValueError(f"{self.name}: read_region returned {region.shape}, not {(h, w, 3)}.")
         return region
 
-    def thumbnail(self, max_size: int) -> Image.Image:
+    def _draw_thumbnail(self, max_size: int) -> Image.Image:
         thumb = self._obj.thumbnail(max_size)
         return Image.fromarray(to_rgb8(thumb, self.name))
 
