@@ -35,7 +35,10 @@ Every configuration and repeat is one subprocess, alternating theirs and ours:
            decode, writing) that no batch size amortises
   train    full-model training steps at batch 128 on random pixels/expression/positions:
            theirs (their forward + loss, Adam 1e-4 / 1e-3); ours (forward with return_loss,
-           AdamW 1e-4 / 1e-3) fp32, bf16 autocast + channels-last, and + gradient checkpointing
+           AdamW 1e-4 / 1e-3) fp32, bf16 autocast + channels-last, + gradient checkpointing,
+           and the image tower in micro-batches of 8 (`mclstexp train --micro-batch 8`: the
+           whole-batch loss, gradients cached at the embeddings), with the reference's 65,536-row
+           position tables and with tables sized from the data (what `mclstexp train` builds)
   frozen   our `--profile cpu` (frozen encoder, cached features) on section C4 via train_model
 
 Peak RSS is each child's own (`os.wait4` rusage). The heavy parts (large, train, frozen) run
@@ -73,7 +76,10 @@ PARTS = ("tower", "predict", "large", "fixed", "train", "frozen")
 REF_ARGS = dict(encoder_name="densenet121", spot_dim=785, temperature=1.0, image_dim=1024,
                 projection_dim=256, heads_num=8, heads_dim=64, head_layers=2, dropout=0.0)
 # peak RSS of a batch-128 training step seen on this machine (GiB), to refuse what cannot fit
+# (`_mb8`: the image tower in micro-batches of 8, training/micro_batch.py; `_fit`: position
+# tables sized from the data as `mclstexp train` sizes them, 64 rows here, instead of 65,536)
 TRAIN_GIB_AT_128 = {"theirs": 21.5, "ours_fp32": 19.5, "ours_fp32_cl": 19.5, "ours_fp32_cl_gc": 6.0,
+                    "ours_fp32_cl_mb8": 4.5, "ours_fp32_cl_mb8_fit": 3.0,
                     "ours_bf16_cl": 10.0, "ours_bf16_cl_gc": 6.0}
 # bf16 variants only where the CPU computes bf16 natively (elsewhere it is emulated, see --precision)
 BF16_TRAIN_VARIANTS = ("ours_bf16_cl", "ours_bf16_cl_gc")
@@ -378,10 +384,11 @@ def cli_has_precision() -> bool:
 
 
 # -------------------------------------------------------------------- our side (children)
-def _our_config(n_genes: int = 785):
+def _our_config(n_genes: int = 785, **overrides):
     from mclstexp_hub.models.mclstexp.configuration_mclstexp import MclSTExpConfig
 
-    return MclSTExpConfig(gene_names=[f"g{i}" for i in range(n_genes)])  # default: DenseNet-121
+    # default: DenseNet-121 and the reference's 65,536-row position tables
+    return MclSTExpConfig(gene_names=[f"g{i}" for i in range(n_genes)], **overrides)
 
 
 def child_tower(spec: dict) -> dict:
@@ -433,8 +440,17 @@ def child_train(spec: dict) -> dict:
 
     from mclstexp_hub.models.mclstexp.modeling_mclstexp import MclSTExpModel
 
+    import re
+
+    from mclstexp_hub.training.micro_batch import micro_batched_backward
+    from mclstexp_hub.training.trainer import derive_max_position
+
     torch.manual_seed(0)
-    model = MclSTExpModel(_our_config()).train()
+    fit = spec["variant"].endswith("_fit")  # tables for the benchmark's positions, randint(0, 64)
+    config = _our_config(**({"max_position": derive_max_position(torch.tensor([[63, 63]]))} if fit else {}))
+    model = MclSTExpModel(config).train()
+    micro = re.search(r"_mb(\d+)", spec["variant"])
+    micro = int(micro.group(1)) if micro else None
     bf16 = spec["variant"].startswith("bf16")
     channels_last = "_cl" in spec["variant"]
     if channels_last:
@@ -452,10 +468,13 @@ def child_train(spec: dict) -> dict:
         return x, torch.rand(n, 785, generator=g) * 3, torch.randint(0, 64, (n, 2), generator=g)
 
     def step(b):
-        with ctx():
-            loss = model(pixel_values=b[0], expression=b[1], positions=b[2], return_loss=True).loss
         optimizer.zero_grad()
-        loss.backward()
+        if micro:
+            micro_batched_backward(model, b[0], b[1], b[2], micro, autocast=ctx)
+        else:
+            with ctx():
+                loss = model(pixel_values=b[0], expression=b[1], positions=b[2], return_loss=True).loss
+            loss.backward()
         optimizer.step()
 
     t = time.perf_counter()

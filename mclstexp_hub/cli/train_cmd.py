@@ -86,6 +86,7 @@ def _train(args: argparse.Namespace) -> int:
         n_feature_views=args.feature_views,
         bf16=_bf16_from(args),
         grad_checkpointing=args.grad_checkpointing,
+        micro_batch=args.micro_batch,
         seed=args.seed,
     )
     result = train_model(
@@ -182,6 +183,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--grad-checkpointing", action=argparse.BooleanOptionalAction, default=None,
         help="recompute activations in the backward pass (less memory, more time)",
     )
+    p.add_argument(
+        "--micro-batch", type=int, default=None, metavar="N",
+        help="run the image tower in slices of N patches while the contrastive loss still sees "
+        "the whole batch (embedding gradients cached): tower memory of N patches, BatchNorm per "
+        "slice; end-to-end profiles only (default: the whole batch)")
     p.add_argument("--max-position", type=int, default=None, help="rows per position table (default: from data)")
     p.add_argument(
         "--retrieval-k", type=_retrieval_k, default=None, metavar="K|auto",

@@ -47,6 +47,11 @@ class TrainProfile:
         `n_feature_views` augmented views of each training spot and cached, and the stages after
         it (DenseNet-121: denseblock4 + norm5) train together with both heads and the spot
         tower on those maps. Needs freeze_image_encoder=False (the encoder is partly trained).
+    micro_batch: run the image tower's forward and backward on slices of this many patches
+        while the contrastive loss still compares the whole batch (gradients cached at the
+        embeddings, training/micro_batch.py): the tower's activation memory is that of one
+        slice. BatchNorm then normalises per slice. None = the whole batch at once. Only for
+        training from pixels (an image tower that trains end to end).
     """
 
     name: str
@@ -68,6 +73,7 @@ class TrainProfile:
     image_encoder: str | None = None
     encoder_input_size: int | None = None
     cache_stage: str | None = None
+    micro_batch: int | None = None
     seed: int = 0
 
     def config_defaults(self) -> dict[str, Any]:
@@ -96,6 +102,24 @@ class TrainProfile:
             raise ValueError(
                 f"TrainProfile.n_feature_views must be >= 0; got {self.n_feature_views!r}."
             )
+        if self.micro_batch is not None:
+            value = self.micro_batch
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(
+                    f"TrainProfile.micro_batch (--micro-batch) must be a positive integer; got {value!r}."
+                )
+            if value > self.batch_size:
+                raise ValueError(
+                    f"--micro-batch {value} exceeds the batch size {self.batch_size}; give a "
+                    "micro-batch no larger than --batch-size (or leave it out)."
+                )
+            if self.freeze_image_encoder or self.cache_stage is not None:
+                raise ValueError(
+                    f"--micro-batch splits the image tower's backward pass, but profile "
+                    f"{self.name!r} does not train the image tower from pixels (frozen encoder or "
+                    "cache_stage); "
+                    "drop --micro-batch, or train end to end (--profile paper / cpu-e2e)."
+                )
         if self.augmentation not in AUGMENTATIONS:
             raise ValueError(
                 f"TrainProfile.augmentation must be one of {AUGMENTATIONS}; got {self.augmentation!r}."

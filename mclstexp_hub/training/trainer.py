@@ -218,6 +218,21 @@ def _trainer_classes():
         bank_spots: SpotPatchDataset | None = None
         bank_gene_names: list[str] | None = None
         bank_metadata: dict[str, Any] | None = None
+        micro_batch: int | None = None  # TrainProfile.micro_batch
+
+        def training_step(self, model, inputs, num_items_in_batch=None):
+            if self.micro_batch is None or inputs.get("pixel_values") is None:
+                return super().training_step(model, inputs, num_items_in_batch)
+            from .micro_batch import micro_batched_backward
+
+            model.train()
+            inputs = self._prepare_inputs(inputs)
+            with self.compute_loss_context_manager():
+                return micro_batched_backward(
+                    self.accelerator.unwrap_model(model), inputs["pixel_values"],
+                    inputs["expression"], inputs["positions"], self.micro_batch,
+                    loss_scale=1.0 / self.current_gradient_accumulation_steps,
+                    autocast=self.accelerator.autocast)
 
         def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
             # save_pretrained writes the attached bank next to the weights (spot_bank.safetensors);
@@ -466,6 +481,12 @@ def train_model(
         freeze_image_encoder=freeze_image_encoder,
         seed=seed,
     )
+    if prof.micro_batch is not None and world_size > 1:
+        raise ValueError(
+            f"--micro-batch runs in one process; under torchrun / accelerate launch "
+            f"(WORLD_SIZE={world_size}) leave it out: each process already holds only its "
+            "share of the batch."
+        )
     if cached_features is not None and not prof.freeze_image_encoder:
         raise ValueError(
             "cached_features need a frozen image encoder (freeze_image_encoder=True or "
@@ -649,6 +670,7 @@ def train_model(
         # otherwise the Trainer would scale it by the number of processes under DDP.
         trainer.model_accepts_loss_kwargs = False
         trainer.bank_spots, trainer.bank_gene_names, trainer.bank_metadata = spots, list(gene_names), meta
+        trainer.micro_batch = prof.micro_batch
         trainer.pop_callback(PrinterCallback)  # logs go to `history`, not one printed line per step
         if progress and trainer.pop_callback(ProgressCallback) is not None:
             trainer.add_callback(progress_cls())

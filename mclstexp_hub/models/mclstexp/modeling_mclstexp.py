@@ -479,6 +479,10 @@ class MclSTExpModel(MclSTExpPreTrainedModel):
             )
         return tokens + self.x_embed(positions[:, 0]) + self.y_embed(positions[:, 1])
 
+    def logits_per_spot(self, spot_embeds: torch.Tensor, image_embeds: torch.Tensor) -> torch.Tensor:
+        """(B, B) contrastive logits: spot i against patch j, over the temperature."""
+        return spot_embeds @ image_embeds.T / self.config.contrastive_temperature
+
     # --------------------------------------------------------------- forward
     def forward(
         self,
@@ -507,7 +511,7 @@ class MclSTExpModel(MclSTExpPreTrainedModel):
         )
         logits_per_spot = logits_per_image = loss = None
         if image_embeds is not None and spot_embeds is not None:
-            logits_per_spot = spot_embeds @ image_embeds.T / self.config.contrastive_temperature
+            logits_per_spot = self.logits_per_spot(spot_embeds, image_embeds)
             logits_per_image = logits_per_spot.T
             if return_loss:
                 loss = contrastive_loss(logits_per_spot)
