@@ -143,3 +143,29 @@ def test_rerun_reuses_identical_fold_results(results, her2st_dir, gene_lists_dir
     for key in METHODS:
         assert after["methods"][key]["mean"] == before["methods"][key]["mean"]
         assert after["methods"][key]["per_fold"] == before["methods"][key]["per_fold"]
+
+
+def test_retrieval_k_auto_is_chosen_per_fold_by_inner_validation(tmp_path, her2st_dir,
+                                                                 gene_lists_dir, capsys):
+    """`--retrieval-k auto`: each fold's k and weighting come from its own training sections."""
+    from mclstexp_hub.cli import main
+
+    out = tmp_path / "auto"
+    argv = _argv(out, her2st_dir, gene_lists_dir)
+    argv[argv.index("--sections") + 1:argv.index("--split")] = ["C2", "C3", "C4"]
+    argv[argv.index("--retrieval-k") + 1] = "auto"
+    argv += ["--folds", "0", "--methods", "mclstexp", "topk_mean_frozen"]
+    assert main(argv) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["settings"]["retrieval_k"] == "auto"
+    details = summary["methods"]["mclstexp"]["per_fold"][0]["details"]
+    selection = details["retrieval_selection"]
+    assert details["k"] == selection["retrieval_k"] and details["weighting"] == selection["retrieval_weighting"]
+    assert selection["retrieval_k"] in selection["k_grid"]
+    assert summary["methods"]["topk_mean_frozen"]["per_fold"][0]["details"]["k"] == 30  # --baseline-k
+
+    thin = _argv(tmp_path / "thin", her2st_dir, gene_lists_dir)  # C3, C4: one training section
+    thin[thin.index("--retrieval-k") + 1] = "auto"
+    thin += ["--dataset-dir", str(out / "dataset")]
+    assert main(thin) == 2
+    assert "train on a single section" in capsys.readouterr().err

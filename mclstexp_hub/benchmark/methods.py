@@ -21,7 +21,7 @@ class MethodSettings:
     """What labels and descriptions say about a run (identical for every fold)."""
 
     profile: Any  # the TrainProfile
-    retrieval_k: int
+    retrieval_k: int | str  # "auto": chosen per fold by inner validation
     retrieval_weighting: str
     retrieval_distance: str
     baseline_k: int
@@ -57,6 +57,7 @@ class FoldContext:
     seed: int
     progress: bool
     checkpoint_dir: str | None = None
+    select_retrieval: bool = False  # choose k and weighting by inner CV (--retrieval-k auto)
 
 
 @dataclass
@@ -119,6 +120,13 @@ def get_method(name: str) -> Method:
 
 
 # ----------------------------------------------------------------------------- methods
+def _retrieval_description(s: MethodSettings) -> str:
+    if s.retrieval_k == "auto":
+        return (f"retrieval k and weighting chosen per fold by leave-one-training-section-out "
+                f"validation, over {s.retrieval_distance} distance")
+    return f"retrieval k={s.retrieval_k}, {s.retrieval_weighting} weighting over {s.retrieval_distance} distance"
+
+
 def _train_and_retrieve(ctx: FoldContext, extra_overrides: dict[str, Any],
                         profile: Any = None) -> MethodOutput:
     """Train on the fold's training spots, then predict the held-out ones from the bank.
@@ -146,6 +154,7 @@ def _train_and_retrieve(ctx: FoldContext, extra_overrides: dict[str, Any],
         dataset_preset=ctx.dataset_preset, cached_features=cached, seed=ctx.seed,
         pretrained_encoder=ctx.encoder_state if shared else ctx.pretrained_encoder,
         dataset_metadata=ctx.metadata, progress=ctx.progress,
+        select_retrieval=ctx.select_retrieval,
     )
     model = result.model.eval()
     if shared:
@@ -162,7 +171,9 @@ def _train_and_retrieve(ctx: FoldContext, extra_overrides: dict[str, Any],
     final_loss = next((h["loss"] for h in reversed(result.history) if "loss" in h), None)
     return MethodOutput(
         prediction=prediction.expression.numpy(),
-        details={"k": k, "train_spots": result.train_spots, "train_seconds": result.seconds,
+        details={"k": k, "weighting": model.config.retrieval_weighting,
+                 "retrieval_selection": result.retrieval_selection,
+                 "train_spots": result.train_spots, "train_seconds": result.seconds,
                  "final_loss": final_loss, "checkpoint": ctx.checkpoint_dir,
                  "frozen_encoder": frozen, "image_encoder": model.config.image_encoder,
                  "encoder_input_size": model.config.encoder_input_size},
@@ -184,9 +195,8 @@ def frozen_ablation_profile(profile: Any) -> Any:
     "mclstexp",
     label=lambda s: "mclSTExp (ours)",
     describe=lambda s: (
-        f"mclSTExp trained with the `{s.profile.name}` profile; retrieval k={s.retrieval_k}, "
-        f"{s.retrieval_weighting} weighting over {s.retrieval_distance} distance, bank = the "
-        "fold's training spots"
+        f"mclSTExp trained with the `{s.profile.name}` profile; {_retrieval_description(s)}, "
+        "bank = the fold's training spots"
     ),
     keeps_checkpoint=True,
 )

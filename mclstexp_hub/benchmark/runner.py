@@ -68,7 +68,7 @@ class BenchmarkOptions:
     n_feature_views: int | None = None
     image_encoder: str | None = None
     pretrained_encoder: str | None = None
-    retrieval_k: int | None = None
+    retrieval_k: int | str | None = None  # "auto": chosen per fold by inner CV
     baseline_k: int | None = None
     ridge_alpha: str = "hest"
     bn_calibration: str | None = None
@@ -292,6 +292,13 @@ def run_benchmark(opts: BenchmarkOptions) -> dict[str, Any]:
         folds_run = [f for f in folds if f.fold in set(opts.folds)]
     else:
         folds_run = folds
+    thin = [f.fold for f in folds_run if len(f.train) < 2]
+    if opts.retrieval_k == "auto" and thin:
+        raise ValueError(
+            f"--retrieval-k auto validates on left-out training sections, but fold(s) {thin} "
+            "train on a single section; pass a number to --retrieval-k, or choose --folds / "
+            "sections so that every fold trains on at least 2 sections."
+        )
     dataset = load_st_dataset(dataset_dir, sections=sections)
     spots = SpotPatchDataset(dataset, progress=progress)
     spot_sections = np.asarray(spots.sections)
@@ -313,9 +320,10 @@ def run_benchmark(opts: BenchmarkOptions) -> dict[str, Any]:
     base_overrides: dict[str, Any] = {"patch_size": int(meta.get("patch_size") or 224)}
     if opts.image_encoder:
         base_overrides["image_encoder"] = opts.image_encoder
-    if opts.retrieval_k is not None:
-        if opts.retrieval_k < 1:
-            raise ValueError(f"--retrieval-k must be a positive integer; got {opts.retrieval_k}.")
+    select_k = opts.retrieval_k == "auto"
+    if opts.retrieval_k is not None and not select_k:
+        if isinstance(opts.retrieval_k, bool) or not isinstance(opts.retrieval_k, int) or opts.retrieval_k < 1:
+            raise ValueError(f"--retrieval-k must be a positive integer or 'auto'; got {opts.retrieval_k!r}.")
         base_overrides["retrieval_k"] = int(opts.retrieval_k)
 
     # Frozen-feature model: the same config and seed as the models train_model builds.
@@ -354,7 +362,8 @@ def run_benchmark(opts: BenchmarkOptions) -> dict[str, Any]:
     print(f"profile {prof.name}: {description}", flush=True)
 
     settings = MethodSettings(
-        profile=prof, retrieval_k=method_k, retrieval_weighting=feature_config.retrieval_weighting,
+        profile=prof, retrieval_k="auto" if select_k else method_k,
+        retrieval_weighting="auto" if select_k else feature_config.retrieval_weighting,
         retrieval_distance=feature_config.retrieval_distance, baseline_k=baseline_k,
         ridge_alpha=ridge_alpha,
     )
@@ -429,7 +438,7 @@ def run_benchmark(opts: BenchmarkOptions) -> dict[str, Any]:
                 profile=prof, dataset_preset=opts.dataset, config_overrides=base_overrides,
                 pretrained_encoder=opts.pretrained_encoder, baseline_k=baseline_k,
                 ridge_alpha=ridge_alpha, seed=opts.seed, progress=progress,
-                checkpoint_dir=None if ckpt is None else str(ckpt),
+                checkpoint_dir=None if ckpt is None else str(ckpt), select_retrieval=select_k,
             )
             output = methods[name].run(context)
             predictions[name], details[name] = output.prediction, output.details
@@ -495,7 +504,7 @@ def run_benchmark(opts: BenchmarkOptions) -> dict[str, Any]:
             "bn_calibration": bn_calibration,
             "image_encoder": feature_config.image_encoder,
             "pretrained_encoder": opts.pretrained_encoder,
-            "retrieval_k": method_k,
+            "retrieval_k": "auto" if select_k else method_k,
             "baseline_k": baseline_k,
             "ridge_alpha": ridge_alpha,
             "retrieval_distance": feature_config.retrieval_distance,

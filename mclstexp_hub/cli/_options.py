@@ -49,6 +49,16 @@ class ListOption(argparse.Action):
 PRECISION_CHOICES = ("auto", "fp32", "bf16")
 
 
+def retrieval_k_value(value: str) -> int | str:
+    """`--retrieval-k`: a positive integer or `auto` (chosen by inner cross-validation)."""
+    if value.strip().lower() == "auto":
+        return "auto"
+    try:
+        return int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer or 'auto'; got {value!r}") from None
+
+
 def add_precision_option(p: argparse.ArgumentParser, default: str | None = "auto") -> None:
     """`--precision`: tower arithmetic (auto = bf16 where the hardware has it natively)."""
     p.add_argument("--precision", choices=list(PRECISION_CHOICES), default=default,

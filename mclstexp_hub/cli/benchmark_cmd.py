@@ -8,7 +8,13 @@ import shlex
 from mclstexp_hub.presets import benchmark_datasets
 from mclstexp_hub.training.profiles import PROFILE_NAMES
 
-from ._options import add_batch_size_option, add_command, add_run_options, check_choice
+from ._options import (
+    add_batch_size_option,
+    add_command,
+    add_run_options,
+    check_choice,
+    retrieval_k_value,
+)
 
 _ACTIONS: list[argparse.Action] = []
 
@@ -111,8 +117,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--image-encoder", default=None, help="timm encoder (default densenet121)")
     p.add_argument("--pretrained-encoder", default=None,
                    help="encoder weights (file or timm hub id) loaded after construction")
-    p.add_argument("--retrieval-k", type=int, default=None,
-                   help="k of mclSTExp's retrieval (default: the dataset preset's, 200)")
+    p.add_argument("--retrieval-k", type=retrieval_k_value, default=None, metavar="K|auto",
+                   help="k of mclSTExp's retrieval (default: the dataset preset's, 200); auto: "
+                   "k and the weighting chosen per fold by leave-one-training-section-out "
+                   "validation (as `mclstexp train --retrieval-k auto`); baselines keep the "
+                   "preset's k unless --baseline-k")
     p.add_argument("--baseline-k", type=int, default=None,
                    help="k of the top-k mean baseline (default: the method's k)")
     p.add_argument("--ridge-alpha", default="hest",

@@ -13,6 +13,7 @@ from ._options import (
     add_out_option,
     add_quiet_option,
     add_seed_option,
+    retrieval_k_value,
 )
 
 
@@ -34,16 +35,6 @@ def _check_numbers(args: argparse.Namespace) -> None:
         raise ValueError("--image-encoder is empty; give a timm model name or leave it out.")
     if args.pretrained_encoder is not None and not args.pretrained_encoder.strip():
         raise ValueError("--pretrained-encoder is empty; give a weights file or a timm Hub id.")
-
-
-def _retrieval_k(value: str) -> int | str:
-    """`--retrieval-k`: a positive integer or `auto`."""
-    if value.strip().lower() == "auto":
-        return "auto"
-    try:
-        return int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer or 'auto'; got {value!r}") from None
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -190,7 +181,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "slice; end-to-end profiles only (default: the whole batch)")
     p.add_argument("--max-position", type=int, default=None, help="rows per position table (default: from data)")
     p.add_argument(
-        "--retrieval-k", type=_retrieval_k, default=None, metavar="K|auto",
+        "--retrieval-k", type=retrieval_k_value, default=None, metavar="K|auto",
         help="neighbours averaged per prediction (default: the preset's); auto: choose k and "
         "the weighting (inverse_square/mean) by leave-one-training-section-out validation, "
         "recorded in training_info.json")

@@ -58,6 +58,7 @@ class TrainResult:
     train_spots: int = 0
     seconds: float = 0.0
     timings: dict[str, float] = field(default_factory=dict)  # feature/train/bank seconds
+    retrieval_selection: dict[str, Any] | None = None  # the inner-CV curve (select_retrieval)
 
 
 # ------------------------------------------------------------------------- config
@@ -756,6 +757,7 @@ def train_model(
             train_spots=len(spots),
             seconds=seconds,
             timings=timings,
+            retrieval_selection=selection,
         )
     except BaseException:
         # Failed or interrupted (SIGINT/SIGTERM): remove this run's folder so nothing blocks a
