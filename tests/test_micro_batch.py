@@ -139,7 +139,7 @@ def test_micro_batch_under_several_processes_is_refused(synthetic, tmp_path, mon
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--micro-batch", "0"], "micro_batch (--micro-batch) must be a positive integer; got 0"),
+    (["--micro-batch", "0"], "--micro-batch must be a positive integer; got 0"),
     (["--micro-batch", "8", "--profile", "cpu"], "does not train the image tower from pixels"),
 ])
 def test_cli_refuses_a_bad_micro_batch_in_one_line(synthetic, tmp_path, args, message):

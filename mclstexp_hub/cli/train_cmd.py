@@ -21,7 +21,7 @@ def _check_numbers(args: argparse.Namespace) -> None:
     """Refuse explicit numbers that cannot be used (0 included), naming the option."""
     at_least_one = {"--epochs": args.epochs, "--batch-size": args.batch_size,
                     "--retrieval-k": None if args.retrieval_k == "auto" else args.retrieval_k,
-                    "--max-position": args.max_position}
+                    "--max-position": args.max_position, "--micro-batch": args.micro_batch}
     for option, value in at_least_one.items():
         if value is not None and value < 1:
             raise ValueError(f"{option} must be a positive integer; got {value}.")

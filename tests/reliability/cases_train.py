@@ -174,6 +174,8 @@ CASES = [
     Case("train-retrieval-k-zero", "train", "zeros", "--retrieval-k 0", _zero("--retrieval-k"),
          ("--retrieval-k",)),
     Case("train-epochs-zero", "train", "zeros", "--epochs 0", _zero("--epochs"), ("--epochs",)),
+    Case("train-micro-batch-zero", "train", "zeros", "--micro-batch 0", _zero("--micro-batch"),
+         ("--micro-batch",)),
     Case("train-batch-size-zero", "train", "zeros", "--batch-size 0", _zero("--batch-size"),
          ("--batch-size",)),
     Case("train-lr-zero", "train", "zeros", "--lr 0", _zero("--lr"), ("--lr",)),
