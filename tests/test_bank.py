@@ -146,8 +146,9 @@ def test_cli_train_then_bank_build_reproduces_the_checkpoint_bank(synthetic, tmp
     model = MclSTExpModel.from_pretrained(out)
     assert len(model.spot_bank) == meta["n_spots"][train] and model.config.max_position == 64
     assert model.spot_bank.section_ids == [train] * meta["n_spots"][train]
+    # training writes its bank in fp32; `--precision auto` is bf16 on a CPU with native bf16
     code = main(["bank", "build", str(out), "--dataset", str(folder), "--sections", train,
-                 "--out", str(tmp_path / "rebuilt.safetensors"), "--quiet"])
+                 "--out", str(tmp_path / "rebuilt.safetensors"), "--quiet", "--precision", "fp32"])
     assert code == 0, capsys.readouterr().err
     rebuilt = SpotBank.load(tmp_path / "rebuilt.safetensors")
     assert torch.equal(rebuilt.embeddings, model.spot_bank.embeddings)

@@ -105,8 +105,9 @@ def test_kept_checkpoint_reproduces_the_fold_metrics(results, tmp_path):
     from mclstexp_hub.evaluation.evaluate import evaluate_checkpoint
 
     ckpt = results / "folds" / "fold0" / "checkpoint"
+    # the runner scores with fp32 features (profile bf16 off); `auto` is bf16 on native-bf16 CPUs
     scored, paths = evaluate_checkpoint(ckpt, results / "dataset", ["C3"], tmp_path / "eval",
-                                        progress=False)
+                                        progress=False, precision="fp32")
     runner = json.loads((results / "folds" / "fold0" / "mclstexp_metrics.json").read_text())
     ref = runner["per_section"][0]
     assert scored[0].pcc_acg == pytest.approx(ref["pcc_acg"], abs=1e-4)

@@ -58,7 +58,9 @@ def test_numpy_and_torch_pixel_scaling_are_identical():
 
 
 def test_torch_free_prediction_equals_the_pipelines(exported, synthetic, tmp_path, capsys):
-    assert _predict(exported, synthetic, tmp_path / "torch.h5ad", "--backend", "torch") == 0
+    # fp32 on both sides: `auto` is bf16 in PyTorch on a CPU with native bf16
+    assert _predict(exported, synthetic, tmp_path / "torch.h5ad", "--backend", "torch",
+                    "--precision", "fp32") == 0
     assert _predict(exported, synthetic, tmp_path / "onnx.h5ad") == 0, capsys.readouterr().err
     torch_run, onnx_run = ad.read_h5ad(tmp_path / "torch.h5ad"), ad.read_h5ad(tmp_path / "onnx.h5ad")
     info = onnx_run.uns["mclstexp"]
@@ -72,7 +74,7 @@ def test_torch_free_prediction_equals_the_pipelines(exported, synthetic, tmp_pat
     # the same export run by the PyTorch pipeline: the same AnnData and provenance
     pipe = load_pipeline(exported, device="cpu", backend="onnxruntime")
     predict_to_h5ad(exported, synthetic.image, tmp_path / "piped.h5ad",
-                    spots_csv=synthetic.spots_csv, progress=False, pipe=pipe)
+                    spots_csv=synthetic.spots_csv, progress=False, pipe=pipe, precision="fp32")
     piped = ad.read_h5ad(tmp_path / "piped.h5ad")
     np.testing.assert_allclose(onnx_run.X, piped.X, rtol=1e-5, atol=1e-6)
     assert list(onnx_run.obs_names) == list(piped.obs_names)
@@ -82,7 +84,7 @@ def test_torch_free_prediction_equals_the_pipelines(exported, synthetic, tmp_pat
     np.testing.assert_array_equal(onnx_run.uns["spatial"][library]["images"]["hires"],
                                   piped.uns["spatial"][library]["images"]["hires"])
     for key, value in piped.uns["mclstexp"].items():
-        if key not in ("created", "output"):
+        if key not in ("created", "output", "precision_requested"):  # auto vs fp32, both fp32
             assert str(info[key]) == str(value), key
 
 
@@ -124,6 +126,35 @@ def test_the_runtime_steps_aside_when_a_condition_fails(exported, synthetic, tmp
     shutil.copytree(exported, indexed)
     (indexed / SAVED_INDEX_FILENAME).write_bytes(b"")
     assert SAVED_INDEX_FILENAME in onnx_predictor(indexed, device="cpu")[1]
+
+
+def test_auto_on_a_native_bf16_cpu_keeps_the_export_for_small_runs_only(
+        exported, synthetic, tmp_path, monkeypatch, capsys):
+    """precision auto where the CPU has native bf16: the fp32 export serves a run of up to
+    AUTO_ONNX_MAX_SPOTS spots (PyTorch's start-up would cost more than bf16 saves); above it
+    the run goes to PyTorch bf16; an explicit bf16 never runs the export. Recorded either way."""
+    from mclstexp_hub.models.mclstexp import precision_mclstexp
+
+    monkeypatch.setattr(precision_mclstexp, "cpu_has_native_bf16", lambda: True)
+    limit = precision_mclstexp.AUTO_ONNX_MAX_SPOTS
+    assert onnx_predictor(exported, device="cpu", n_spots=limit)[0] is not None
+    assert onnx_predictor(exported, device="cpu")[0] is not None  # count not known yet
+    runner, why = onnx_predictor(exported, device="cpu", n_spots=limit + 1)
+    assert runner is None and f"{limit + 1} spots" in why
+    assert onnx_predictor(exported, device="cpu", precision="bf16", n_spots=1)[0] is None
+    assert _predict(exported, synthetic, tmp_path / "small.h5ad") == 0, capsys.readouterr().err
+    small = ad.read_h5ad(tmp_path / "small.h5ad").uns["mclstexp"]
+    assert small["runtime"] == RUNTIME and small["precision"] == "fp32"
+    assert small["precision_requested"] == "auto" and "rather than PyTorch bf16" in small["precision_note"]
+    # a run larger than the limit (here: every run) is sent to PyTorch bf16 once its spots are known
+    monkeypatch.setattr(precision_mclstexp, "AUTO_ONNX_MAX_SPOTS", 1)
+    assert _predict(exported, synthetic, tmp_path / "large.h5ad") == 0, capsys.readouterr().err
+    large = ad.read_h5ad(tmp_path / "large.h5ad")
+    info = large.uns["mclstexp"]
+    assert info["runtime"] == "pytorch" and info["precision"] == "bf16"
+    assert "faster at this size" in info["runtime_note"]
+    fp32 = ad.read_h5ad(tmp_path / "small.h5ad")
+    assert large.n_obs == fp32.n_obs and list(large.obs_names) == list(fp32.obs_names)
 
 
 def test_an_explicit_k_is_used_and_a_bad_one_refused(exported, synthetic, tmp_path, capsys):

@@ -33,7 +33,7 @@ from ..models.mclstexp.onnx_tower_mclstexp import (
     read_export,
 )
 from ..models.mclstexp.pixels_mclstexp import scale_pixel_values
-from ..models.mclstexp.precision_mclstexp import resolve_precision
+from ..models.mclstexp.precision_mclstexp import onnx_precision_refusal
 from ..models.mclstexp.retrieval_mclstexp import (
     SAVED_INDEX_FILENAME,
     check_bank_arrays,
@@ -162,8 +162,12 @@ def _read_config(folder: Path) -> CheckpointConfig | None:
 
 
 def onnx_predictor(model: str | os.PathLike, device: str | None = None, backend: str = "auto",
-                   precision: str | None = "auto") -> tuple[OnnxSlidePredictor | None, str]:
-    """The PyTorch-free predictor for `model` when this run can use it, else (None, why not)."""
+                   precision: str | None = "auto",
+                   n_spots: int | None = None) -> tuple[OnnxSlidePredictor | None, str]:
+    """The PyTorch-free predictor for `model` when this run can use it, else (None, why not).
+
+    `n_spots`: the run's spot count where known (`onnx_precision_refusal`: with precision auto
+    on a native-bf16 CPU, a large run goes to PyTorch bf16)."""
     if backend == "torch":
         return None, "--backend torch"
     folder = Path(str(model)).expanduser()
@@ -173,8 +177,8 @@ def onnx_predictor(model: str | os.PathLike, device: str | None = None, backend:
         return None, f"--device {device}"
     if device is None and cuda_visible():
         return None, "a CUDA GPU may be present (the PyTorch path decides)"
-    if resolve_precision(precision, "cpu") != "fp32":
-        return None, f"precision {precision} resolves to bf16 (PyTorch autocast)"
+    if (refusal := onnx_precision_refusal(precision, n_spots)) is not None:
+        return None, refusal
     if importlib.util.find_spec("onnxruntime") is None:
         return None, "onnxruntime is not installed"
     if (folder / SAVED_INDEX_FILENAME).exists():

@@ -54,8 +54,11 @@ def load_pipeline(
     revision: str | None = None,
     batch_size: int = DEFAULT_BATCH_SIZE,
     backend: str = "auto",
+    precision: str | None = None,
 ) -> MclSTExpPipeline:
     """The installed `spatial-gene-expression` pipeline for a checkpoint directory or Hub id.
+
+    precision: the calls' default tower precision ("auto", "fp32", "bf16"); None = "auto".
 
     Uses this package's classes even when the checkpoint also carries remote code (transformers
     would otherwise insist on `trust_remote_code=True` for a config with `custom_pipelines`).
@@ -122,6 +125,7 @@ def load_pipeline(
         device=device,
         pipeline_class=MclSTExpPipeline,
         batch_size=batch_size,
+        **({} if precision is None else {"precision": precision}),
     )
     pipe.mclstexp_source = source  # provenance for predict_to_h5ad
     return pipe
@@ -269,22 +273,29 @@ def predict_to_h5ad(
     from ..models.mclstexp.onnx_tower_mclstexp import check_backend
 
     check_backend(backend)  # before the PyTorch-free path reads it
+    from ..models.mclstexp.precision_mclstexp import (
+        AUTO_ONNX_MAX_SPOTS,
+        onnx_precision_refusal,
+        resolve_precision,
+    )
     from .onnx_runtime import OnnxSlidePredictor, onnx_predictor
 
     # the slide is decoded (and its stored thumbnail drawn) in a thread while the model
     # loads: both are C code that releases the GIL, so on a small machine this start-up
     # work overlaps the imports and the model load instead of adding to them
     with open_in_background(image) as opening:
+        def torch_pipeline(why: str) -> MclSTExpPipeline:
+            loaded = load_pipeline(model, device=device, revision=revision, batch_size=batch_size,
+                                   backend=backend)
+            loaded.mclstexp_source = {**loaded.mclstexp_source, "runtime": "pytorch",
+                                      "runtime_note": f"PyTorch-free runtime not used: {why}"}
+            return loaded
+
+        chose_runtime = pipe is None
         if pipe is None:
             # PyTorch-free when the run allows it (fp32 on CPU, valid ONNX export), else the pipeline
             runner, why = onnx_predictor(model, device=device, backend=backend, precision=precision)
-            if runner is None:
-                pipe = load_pipeline(model, device=device, revision=revision, batch_size=batch_size,
-                                     backend=backend)
-                pipe.mclstexp_source = {**pipe.mclstexp_source, "runtime": "pytorch",
-                                        "runtime_note": f"PyTorch-free runtime not used: {why}"}
-            else:
-                pipe = runner
+            pipe = torch_pipeline(why) if runner is None else runner
         config = pipe.config if isinstance(pipe, OnnxSlidePredictor) else pipe.model.config
         genes = list(config.gene_names)
         unknown = [g for g in plot_genes if g not in set(genes)]
@@ -305,6 +316,17 @@ def predict_to_h5ad(
             slide, spots_csv=spots_csv, visium=visium, tile=tile, patch_size=config.patch_size,
             tile_pitch=tile_pitch, min_tissue_fraction=min_tissue_fraction,
         )
+        if chose_runtime and backend == "auto" and isinstance(pipe, OnnxSlidePredictor):
+            # the spot count is known now: precision auto on a native-bf16 CPU sends a large
+            # run to PyTorch bf16 (precision_mclstexp.AUTO_ONNX_MAX_SPOTS)
+            refusal = onnx_precision_refusal(precision, len(table))
+            if refusal is not None:
+                pipe = torch_pipeline(refusal)
+            elif resolve_precision(precision, "cpu") != "fp32":
+                pipe.mclstexp_source = {
+                    **pipe.mclstexp_source,
+                    "precision_note": (f"precision auto: the fp32 ONNX export rather than PyTorch "
+                                       f"bf16 for {len(table)} spots (<= {AUTO_ONNX_MAX_SPOTS})")}
         if visium and observed is None and (Path(visium) / "filtered_feature_bc_matrix.h5").is_file():
             observed = Path(visium)
         adata = pipe.predict_slide(

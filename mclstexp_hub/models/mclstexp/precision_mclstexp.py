@@ -56,6 +56,31 @@ def resolve_precision(precision: str | None, device: Any = "cpu") -> str:
     return "bf16" if kind == "cpu" and cpu_has_native_bf16() else "fp32"
 
 
+# `mclstexp predict` on a CPU with native bf16, precision `auto`: the checkpoint's fp32 ONNX
+# export still serves runs of up to this many spots. The PyTorch bf16 tower is a little faster
+# per patch, but the PyTorch path starts ≈ 9 s later (torch/transformers imports), which a
+# small run never wins back: measured on this project's 2-core AVX512-BF16 EPYC, DenseNet-121
+# batch 32, ONNX Runtime fp32 25.2 patches/s against PyTorch bf16 channels-last 29.1, so
+# the break-even is 9 s / (1/25.2 - 1/29.1) ≈ 1,700 spots (README, Speed, run 9).
+AUTO_ONNX_MAX_SPOTS = 1500
+
+
+def onnx_precision_refusal(precision: str | None, n_spots: int | None = None) -> str | None:
+    """Why the fp32 ONNX export may not serve a CPU run at `precision`, or None when it may.
+
+    fp32 (explicit, or `auto` without native bf16): it may. An explicit bf16: never. `auto` on
+    a native-bf16 CPU: for up to AUTO_ONNX_MAX_SPOTS spots (an unknown count is not a refusal;
+    the caller asks again once it knows)."""
+    if resolve_precision(precision, "cpu") == "fp32":
+        return None
+    if precision not in (None, "auto"):
+        return f"precision {precision} runs in PyTorch (bf16 autocast)"
+    if n_spots is not None and n_spots > AUTO_ONNX_MAX_SPOTS:
+        return (f"precision auto on a CPU with native bf16 and {n_spots} spots "
+                f"(> {AUTO_ONNX_MAX_SPOTS}): PyTorch bf16 is faster at this size")
+    return None
+
+
 def autocast(precision: str, device: Any = "cpu"):
     """Context manager: bf16 autocast for "bf16", nothing for "fp32" (resolved precisions)."""
     if precision == "bf16":
@@ -86,6 +111,8 @@ def onnx_tower_runs(model: Any, device: Any, precision: str) -> bool:
 
 
 __all__ = [
+    "AUTO_ONNX_MAX_SPOTS",
+    "onnx_precision_refusal",
     "onnx_tower_runs",
     "PRECISIONS",
     "Precision",
