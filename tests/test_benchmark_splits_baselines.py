@@ -50,6 +50,19 @@ def test_split_errors():
         make_folds(SECTIONS, "random")
 
 
+def test_runner_refuses_bad_tower_options_before_any_work(tmp_path):
+    """--encoder-input-size 0 / --precision fp16 are refused before the results folder exists."""
+    from mclstexp_hub.benchmark.runner import BenchmarkOptions, run_benchmark
+
+    out = tmp_path / "results"
+    for bad, match in (({"encoder_input_size": 0}, "at least 16 px; got 0"),
+                       ({"encoder_input_size": True}, "at least 16 px"),
+                       ({"precision": "fp16"}, "precision must be one of")):
+        with pytest.raises(ValueError, match=match):
+            run_benchmark(BenchmarkOptions(out=str(out), progress=False, **bad))
+        assert not out.exists()
+
+
 def test_topk_mean_is_mean_of_cosine_nearest():
     rng = np.random.default_rng(0)
     train = rng.normal(size=(120, 20))

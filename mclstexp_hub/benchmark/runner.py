@@ -39,6 +39,7 @@ from mclstexp_hub.evaluation.report import (
     write_section_reports,
     write_text_atomic,
 )
+from mclstexp_hub.models.mclstexp.precision_mclstexp import resolve_precision
 
 from .frozen_features import BN_CALIBRATIONS, FrozenFeatureStore
 from .methods import FoldContext, MethodSettings, get_method, list_methods
@@ -67,6 +68,8 @@ class BenchmarkOptions:
     learning_rate: float | None = None
     n_feature_views: int | None = None
     image_encoder: str | None = None
+    encoder_input_size: int | None = None
+    precision: str | None = None  # None: the profile's own bf16 flag (fp32 for every profile)
     pretrained_encoder: str | None = None
     retrieval_k: int | str | None = None  # "auto": chosen per fold by inner CV
     baseline_k: int | None = None
@@ -268,6 +271,11 @@ def run_benchmark(opts: BenchmarkOptions) -> dict[str, Any]:
     if not opts.methods:
         raise ValueError(f"--methods must name at least one of {list_methods()}.")
     methods = {name: get_method(name) for name in opts.methods}  # unknown names: ValueError
+    size = opts.encoder_input_size  # an explicit value (0 included) is used or refused
+    if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 16):
+        raise ValueError(f"--encoder-input-size must be an integer of at least 16 px; got {size!r}.")
+    if opts.precision is not None:
+        resolve_precision(opts.precision, "cpu")  # unknown values refused before any work
     out = Path(opts.out)
     if (out / "summary.json").exists() and not opts.overwrite:
         raise FileExistsError(
@@ -312,6 +320,10 @@ def run_benchmark(opts: BenchmarkOptions) -> dict[str, Any]:
         value = getattr(opts, name)
         if value is not None:
             changes[name] = value
+    if opts.encoder_input_size is not None:  # checked before any work, at the top
+        changes["encoder_input_size"] = int(opts.encoder_input_size)
+    if opts.precision is not None:
+        changes["bf16"] = resolve_precision(opts.precision, "cpu") == "bf16"
     prof = prof.replace(**changes)
     paper_prof = get_profile("paper", opts.dataset)
     bn_calibration = opts.bn_calibration or ("all" if prof.recalibrate_batchnorm else "none")

@@ -59,6 +59,8 @@ def _run(args: argparse.Namespace) -> int:
         learning_rate=args.learning_rate,
         n_feature_views=args.n_feature_views,
         image_encoder=args.image_encoder,
+        encoder_input_size=args.encoder_input_size,
+        precision=args.precision,
         pretrained_encoder=args.pretrained_encoder,
         retrieval_k=args.retrieval_k,
         baseline_k=args.baseline_k,
@@ -115,6 +117,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--n-feature-views", type=int, default=None,
                    help="augmented feature views per spot (frozen-encoder profiles)")
     p.add_argument("--image-encoder", default=None, help="timm encoder (default densenet121)")
+    p.add_argument("--encoder-input-size", type=int, default=None, metavar="PX",
+                   help="resample patches to PX inside the model before the encoder "
+                        "(default: the profile's; cpu-e2e 64)")
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default=None,
+                   help="training and feature precision (auto = bf16 on native-bf16 hardware); "
+                        "default: the profile's own (fp32), so figures do not depend on the CPU")
     p.add_argument("--pretrained-encoder", default=None,
                    help="encoder weights (file or timm hub id) loaded after construction")
     p.add_argument("--retrieval-k", type=retrieval_k_value, default=None, metavar="K|auto",

@@ -57,12 +57,13 @@ def resolve_precision(precision: str | None, device: Any = "cpu") -> str:
 
 
 # `mclstexp predict` on a CPU with native bf16, precision `auto`: the checkpoint's fp32 ONNX
-# export still serves runs of up to this many spots. The PyTorch bf16 tower is a little faster
-# per patch, but the PyTorch path starts ≈ 9 s later (torch/transformers imports), which a
-# small run never wins back: measured on this project's 2-core AVX512-BF16 EPYC, DenseNet-121
-# batch 32, ONNX Runtime fp32 25.2 patches/s against PyTorch bf16 channels-last 29.1, so
-# the break-even is 9 s / (1/25.2 - 1/29.1) ≈ 1,700 spots (README, Speed, run 9).
-AUTO_ONNX_MAX_SPOTS = 1500
+# export still serves runs of up to this many spots. The PyTorch bf16 tower is faster per
+# patch, but the PyTorch path starts later (torch/transformers imports), which a small run
+# never wins back. Measured on this project's 2-core AVX512-BF16 EPYC (README, Speed, run 9):
+# fixed cost (2 spots) 9.84 s PyTorch vs 2.74 s PyTorch-free; tower alone (batch 32) 37.0
+# patches/s bf16 vs 28.2 ONNX fp32; whole process on a 2,040-spot grid 80.6 s bf16 vs 78.6 s
+# ONNX, i.e. 28.8 vs 26.9 spots/s once started: break-even ≈ 7.1 s / (1/26.9 - 1/28.8) ≈ 2,900.
+AUTO_ONNX_MAX_SPOTS = 3000
 
 
 def onnx_precision_refusal(precision: str | None, n_spots: int | None = None) -> str | None:
