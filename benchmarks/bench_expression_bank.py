@@ -10,7 +10,10 @@ scored on a held-out section of the patch dataset (PCC ACG / HEG, as `mclstexp e
 at each `--k`. For every row it also reports the Spearman correlation between the per-spot
 neighbour spread (`MclSTExpPrediction.spot_neighbour_spread`, the weighted std of the k neighbours'
 expression, mean over genes) and the per-spot absolute error (mean over genes), and per gene
-(spread vs |error| over spots: mean / median over genes and the fraction of genes with rho > 0).
+(spread vs |error| over spots: mean / median over genes and the fraction of genes with rho > 0),
+and the same per-spot rho for two candidate uncertainties: the distance to the bank (1 − the
+weighted mean cosine similarity of the query to its k neighbours) and the spread relative to
+the predicted level (spread / mean predicted expression).
 
     nice -n 10 .venv/bin/python benchmarks/bench_expression_bank.py \
         --checkpoint ckpt/her2st-cpu --dataset data/her2st4 --test-section B4 \
@@ -42,6 +45,22 @@ def spread_error_spearman(spread: np.ndarray, predicted: np.ndarray,
     return {"spot_rho": per_spot, "gene_rho_mean": float(np.nanmean(rhos)),
             "gene_rho_median": float(np.nanmedian(rhos)),
             "gene_rho_positive": float(np.mean(rhos > 0)), "n_genes_scored": int(rhos.size)}
+
+
+def retrieval_distance(queries: torch.Tensor, bank_embeddings: torch.Tensor,
+                       indices: torch.Tensor, weights: torch.Tensor) -> np.ndarray:
+    """Per spot: 1 - the retrieval-weighted mean cosine similarity of the query to its k
+    neighbours (how far the spot lies from the bank), a candidate uncertainty."""
+    q = torch.nn.functional.normalize(queries.float(), dim=1)
+    b = torch.nn.functional.normalize(bank_embeddings.float(), dim=1)
+    cos = torch.einsum("nd,nkd->nk", q, b[indices])
+    w = weights.float() / weights.float().sum(1, keepdim=True)
+    return (1.0 - (w * cos).sum(1)).numpy()
+
+
+def spot_rho(score: np.ndarray, predicted: np.ndarray, observed: np.ndarray) -> float:
+    """Spearman rho of a per-spot score vs the per-spot |error| (mean over genes)."""
+    return float(spearmanr(score, np.abs(predicted - observed).mean(1)).statistic)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -109,20 +128,28 @@ def main(argv: list[str] | None = None) -> int:
             row = {"bank": name, "n_spots": len(bank), "k": k, "weighting":
                    model.config.retrieval_weighting, "pcc_acg": m.pcc_acg, "pcc_heg": m.pcc_heg,
                    "mse": m.mse, "mae": m.mae,
-                   **spread_error_spearman(pred.neighbour_spread.numpy(), predicted, observed)}
+                   **spread_error_spearman(pred.neighbour_spread.numpy(), predicted, observed),
+                   # candidates: distance to the bank; spread relative to the predicted level
+                   "distance_rho": spot_rho(retrieval_distance(
+                       queries, bank.embeddings, pred.neighbour_indices, pred.neighbour_weights),
+                       predicted, observed),
+                   "relative_spread_rho": spot_rho(
+                       pred.spot_neighbour_spread.numpy() / (predicted.mean(1) + 1e-6),
+                       predicted, observed)}
             rows.append(row)
     print()
     print("| bank | spots | k | PCC(ACG) | PCC(HEG) | MSE | rho spot spread vs |err| "
-          "| rho per gene mean / median / >0 |")
-    print("|---|---|---|---|---|---|---|---|")
+          "| rho per gene mean / median / >0 | rho distance | rho spread / level |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         if "note" in r:
-            print(f"| {r['bank']} | {r['n_spots']} | {r['k']} | {r['note']} | | | | |")
+            print(f"| {r['bank']} | {r['n_spots']} | {r['k']} | {r['note']} | | | | | | |")
             continue
         print(f"| {r['bank']} | {r['n_spots']} | {r['k']} | {r['pcc_acg']:.4f} | "
               f"{r['pcc_heg']:.4f} | {r['mse']:.4f} | {r['spot_rho']:.3f} | "
               f"{r['gene_rho_mean']:.3f} / {r['gene_rho_median']:.3f} / "
-              f"{r['gene_rho_positive']:.2f} |")
+              f"{r['gene_rho_positive']:.2f} | {r['distance_rho']:.3f} | "
+              f"{r['relative_spread_rho']:.3f} |")
     if args.json:
         with open(args.json, "w", encoding="utf-8") as handle:
             json.dump(rows, handle, indent=2)
