@@ -13,7 +13,8 @@ expression, mean over genes) and the per-spot absolute error (mean over genes), 
 (spread vs |error| over spots: mean / median over genes and the fraction of genes with rho > 0),
 and the same per-spot rho for two candidate uncertainties: the distance to the bank (1 − the
 weighted mean cosine similarity of the query to its k neighbours) and the spread relative to
-the predicted level (spread / mean predicted expression).
+the predicted level (spread / mean predicted expression); and, for reference, how much the
+error follows the predicted level itself (mean predicted expression vs |error|).
 
     nice -n 10 .venv/bin/python benchmarks/bench_expression_bank.py \
         --checkpoint ckpt/her2st-cpu --dataset data/her2st4 --test-section B4 \
@@ -135,21 +136,24 @@ def main(argv: list[str] | None = None) -> int:
                        predicted, observed),
                    "relative_spread_rho": spot_rho(
                        pred.spot_neighbour_spread.numpy() / (predicted.mean(1) + 1e-6),
-                       predicted, observed)}
+                       predicted, observed),
+                   # not a candidate (no retrieval in it): how much the error follows the level
+                   "level_rho": spot_rho(predicted.mean(1), predicted, observed)}
             rows.append(row)
     print()
     print("| bank | spots | k | PCC(ACG) | PCC(HEG) | MSE | rho spot spread vs |err| "
-          "| rho per gene mean / median / >0 | rho distance | rho spread / level |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+          "| rho per gene mean / median / >0 | rho distance | rho spread / level "
+          "| rho predicted level |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         if "note" in r:
-            print(f"| {r['bank']} | {r['n_spots']} | {r['k']} | {r['note']} | | | | | | |")
+            print(f"| {r['bank']} | {r['n_spots']} | {r['k']} | {r['note']} | | | | | | | |")
             continue
         print(f"| {r['bank']} | {r['n_spots']} | {r['k']} | {r['pcc_acg']:.4f} | "
               f"{r['pcc_heg']:.4f} | {r['mse']:.4f} | {r['spot_rho']:.3f} | "
               f"{r['gene_rho_mean']:.3f} / {r['gene_rho_median']:.3f} / "
               f"{r['gene_rho_positive']:.2f} | {r['distance_rho']:.3f} | "
-              f"{r['relative_spread_rho']:.3f} |")
+              f"{r['relative_spread_rho']:.3f} | {r['level_rho']:.3f} |")
     if args.json:
         with open(args.json, "w", encoding="utf-8") as handle:
             json.dump(rows, handle, indent=2)
