@@ -32,11 +32,16 @@ import torch
 from scipy.stats import spearmanr
 
 
+def spot_rho(score: np.ndarray, predicted: np.ndarray, observed: np.ndarray) -> float:
+    """Spearman rho of a per-spot score vs the per-spot |error| (mean over genes)."""
+    return float(spearmanr(score, np.abs(predicted - observed).mean(1)).statistic)
+
+
 def spread_error_spearman(spread: np.ndarray, predicted: np.ndarray,
                           observed: np.ndarray) -> dict[str, float]:
     """Spearman rho of per-spot spread vs per-spot |error| (means over genes), and per gene."""
     error = np.abs(predicted - observed)
-    per_spot = float(spearmanr(spread.mean(1), error.mean(1)).statistic)
+    per_spot = spot_rho(spread.mean(1), predicted, observed)
     rhos = []
     for g in range(error.shape[1]):
         if np.ptp(spread[:, g]) == 0 or np.ptp(error[:, g]) == 0:
@@ -57,11 +62,6 @@ def retrieval_distance(queries: torch.Tensor, bank_embeddings: torch.Tensor,
     cos = torch.einsum("nd,nkd->nk", q, b[indices])
     w = weights.float() / weights.float().sum(1, keepdim=True)
     return (1.0 - (w * cos).sum(1)).numpy()
-
-
-def spot_rho(score: np.ndarray, predicted: np.ndarray, observed: np.ndarray) -> float:
-    """Spearman rho of a per-spot score vs the per-spot |error| (mean over genes)."""
-    return float(spearmanr(score, np.abs(predicted - observed).mean(1)).statistic)
 
 
 def main(argv: list[str] | None = None) -> int:

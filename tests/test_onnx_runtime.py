@@ -137,11 +137,12 @@ def test_auto_on_a_native_bf16_cpu_keeps_the_export_for_small_runs_only(
 
     monkeypatch.setattr(precision_mclstexp, "cpu_has_native_bf16", lambda: True)
     limit = precision_mclstexp.AUTO_ONNX_MAX_SPOTS
-    assert onnx_predictor(exported, device="cpu", n_spots=limit)[0] is not None
-    assert onnx_predictor(exported, device="cpu")[0] is not None  # count not known yet
-    runner, why = onnx_predictor(exported, device="cpu", n_spots=limit + 1)
-    assert runner is None and f"{limit + 1} spots" in why
-    assert onnx_predictor(exported, device="cpu", precision="bf16", n_spots=1)[0] is None
+    refusal = precision_mclstexp.onnx_precision_refusal
+    assert refusal("auto", limit) is None and refusal("auto") is None  # count not known yet
+    assert f"{limit + 1} spots" in refusal("auto", limit + 1)
+    assert "bf16" in refusal("bf16", 1)
+    assert onnx_predictor(exported, device="cpu")[0] is not None
+    assert onnx_predictor(exported, device="cpu", precision="bf16")[0] is None
     assert _predict(exported, synthetic, tmp_path / "small.h5ad") == 0, capsys.readouterr().err
     small = ad.read_h5ad(tmp_path / "small.h5ad").uns["mclstexp"]
     assert small["runtime"] == RUNTIME and small["precision"] == "fp32"

@@ -274,8 +274,8 @@ def run_benchmark(opts: BenchmarkOptions) -> dict[str, Any]:
     size = opts.encoder_input_size  # an explicit value (0 included) is used or refused
     if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 16):
         raise ValueError(f"--encoder-input-size must be an integer of at least 16 px; got {size!r}.")
-    if opts.precision is not None:
-        resolve_precision(opts.precision, "cpu")  # unknown values refused before any work
+    # resolved (unknown values refused) before any work; None: the profile's own flag
+    bf16 = None if opts.precision is None else resolve_precision(opts.precision, "cpu") == "bf16"
     out = Path(opts.out)
     if (out / "summary.json").exists() and not opts.overwrite:
         raise FileExistsError(
@@ -316,14 +316,12 @@ def run_benchmark(opts: BenchmarkOptions) -> dict[str, Any]:
     # -------------------------------------------------------------- profile
     prof = get_profile(opts.profile, opts.dataset)
     changes: dict[str, Any] = {"seed": opts.seed}
-    for name in ("epochs", "batch_size", "learning_rate", "n_feature_views"):
+    for name in ("epochs", "batch_size", "learning_rate", "n_feature_views", "encoder_input_size"):
         value = getattr(opts, name)
         if value is not None:
             changes[name] = value
-    if opts.encoder_input_size is not None:  # checked before any work, at the top
-        changes["encoder_input_size"] = int(opts.encoder_input_size)
-    if opts.precision is not None:
-        changes["bf16"] = resolve_precision(opts.precision, "cpu") == "bf16"
+    if bf16 is not None:
+        changes["bf16"] = bf16
     prof = prof.replace(**changes)
     paper_prof = get_profile("paper", opts.dataset)
     bn_calibration = opts.bn_calibration or ("all" if prof.recalibrate_batchnorm else "none")

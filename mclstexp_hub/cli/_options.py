@@ -59,12 +59,13 @@ def retrieval_k_value(value: str) -> int | str:
         raise argparse.ArgumentTypeError(f"expected a positive integer or 'auto'; got {value!r}") from None
 
 
-def add_precision_option(p: argparse.ArgumentParser, default: str | None = "auto") -> None:
+def add_precision_option(p: argparse.ArgumentParser, default: str | None = "auto",
+                         default_text: str = "auto") -> None:
     """`--precision`: tower arithmetic (auto = bf16 where the hardware has it natively)."""
     p.add_argument("--precision", choices=list(PRECISION_CHOICES), default=default,
                    help="auto = bf16 autocast on CPUs with native bf16 (AVX512-BF16/AMX) or "
                         "CUDA, else fp32 (convolutions run channels-last in both); recorded "
-                        "with the output (default: auto)")
+                        f"with the output (default: {default_text})")
 
 
 def add_backend_option(p: argparse.ArgumentParser, recorded_in: str = "metrics.json") -> None:

@@ -11,6 +11,7 @@ from mclstexp_hub.training.profiles import PROFILE_NAMES
 from ._options import (
     add_batch_size_option,
     add_command,
+    add_precision_option,
     add_run_options,
     check_choice,
     retrieval_k_value,
@@ -120,9 +121,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--encoder-input-size", type=int, default=None, metavar="PX",
                    help="resample patches to PX inside the model before the encoder "
                         "(default: the profile's; cpu-e2e 64)")
-    p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default=None,
-                   help="training and feature precision (auto = bf16 on native-bf16 hardware); "
-                        "default: the profile's own (fp32), so figures do not depend on the CPU")
+    # training and feature precision; by default the profile's own (fp32), so a benchmark's
+    # figures do not depend on the CPU it ran on
+    add_precision_option(p, default=None, default_text="the profile's own, fp32")
     p.add_argument("--pretrained-encoder", default=None,
                    help="encoder weights (file or timm hub id) loaded after construction")
     p.add_argument("--retrieval-k", type=retrieval_k_value, default=None, metavar="K|auto",

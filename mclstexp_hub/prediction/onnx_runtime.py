@@ -162,12 +162,11 @@ def _read_config(folder: Path) -> CheckpointConfig | None:
 
 
 def onnx_predictor(model: str | os.PathLike, device: str | None = None, backend: str = "auto",
-                   precision: str | None = "auto",
-                   n_spots: int | None = None) -> tuple[OnnxSlidePredictor | None, str]:
+                   precision: str | None = "auto") -> tuple[OnnxSlidePredictor | None, str]:
     """The PyTorch-free predictor for `model` when this run can use it, else (None, why not).
 
-    `n_spots`: the run's spot count where known (`onnx_precision_refusal`: with precision auto
-    on a native-bf16 CPU, a large run goes to PyTorch bf16)."""
+    The spot count is not known here: with precision auto on a native-bf16 CPU the caller asks
+    `onnx_precision_refusal` again once it is (a large run goes to PyTorch bf16)."""
     if backend == "torch":
         return None, "--backend torch"
     folder = Path(str(model)).expanduser()
@@ -177,7 +176,7 @@ def onnx_predictor(model: str | os.PathLike, device: str | None = None, backend:
         return None, f"--device {device}"
     if device is None and cuda_visible():
         return None, "a CUDA GPU may be present (the PyTorch path decides)"
-    if (refusal := onnx_precision_refusal(precision, n_spots)) is not None:
+    if (refusal := onnx_precision_refusal(precision)) is not None:
         return None, refusal
     if importlib.util.find_spec("onnxruntime") is None:
         return None, "onnxruntime is not installed"
