@@ -400,7 +400,7 @@ def child_tower(spec: dict) -> dict:
 
     torch.manual_seed(0)
     model = MclSTExpModel(_our_config()).eval()
-    if spec["variant"] == "onnx":
+    if spec["variant"] in ("onnx", "openvino_bf16"):
         import tempfile
 
         from mclstexp_hub.models.mclstexp.onnx_tower_mclstexp import (
@@ -409,13 +409,16 @@ def child_tower(spec: dict) -> dict:
         )
 
         x = torch.rand(spec["batch"], 3, 224, 224)
+        # onnx: ONNX Runtime fp32; openvino_bf16: the same export in OpenVINO bf16
+        backend, precision = (("onnxruntime", "fp32") if spec["variant"] == "onnx"
+                              else ("openvino", "bf16"))
         with tempfile.TemporaryDirectory() as folder:
             export_image_tower(model, folder)
-            tower, _ = load_onnx_tower(model, folder)
-            tower(x)
+            tower, _ = load_onnx_tower(model, folder, backend)
+            tower(x, precision)
             t = time.perf_counter()
             for _ in range(spec["batches"]):
-                tower(x)
+                tower(x, precision)
             dt = time.perf_counter() - t
         return {"patches_s": spec["batch"] * spec["batches"] / dt, "seconds": dt}
     fast = spec["variant"].startswith("bf16")
@@ -585,6 +588,15 @@ def _has_onnxruntime() -> bool:
     return importlib.util.find_spec("onnxruntime") is not None
 
 
+def _export_tower_variants() -> tuple[str, ...]:
+    """The tower variants that run the ONNX export here (`precision_mclstexp.export_runtime`)."""
+    from mclstexp_hub.models.mclstexp.precision_mclstexp import export_runtime
+
+    return tuple(name for name, backend, precision in (("onnx", "onnxruntime", "fp32"),
+                                                       ("openvino_bf16", "openvino", "bf16"))
+                 if export_runtime(backend, precision)[0] is not None)
+
+
 CHILDREN = {"tower": child_tower, "train": child_train, "frozen": child_frozen, "setup": child_setup}
 
 
@@ -717,7 +729,8 @@ def main(argv: list[str] | None = None) -> int:
     has_precision = cli_has_precision()
     has_backend = cli_has_option("--backend")
     # ours_fp32: PyTorch fp32 (channels-last); ours_auto: the defaults a user gets (precision
-    # and backend auto: ONNX Runtime where the checkpoint has an export and onnxruntime exists)
+    # and backend auto: the checkpoint's ONNX export in ONNX Runtime fp32, or OpenVINO bf16 on
+    # a CPU with native bf16, where those are installed)
     predict_configs = ["ours_fp32"] + (["ours_auto"] if has_precision else [])
     bench = Bench(args, work)
     t_start = time.perf_counter()
@@ -796,7 +809,7 @@ def main(argv: list[str] | None = None) -> int:
         for rep in range(args.repeats):
             spec = {"batch": 32, "batches": args.tower_batches}
             bench.run("tower", "theirs", bench._theirs_cmd({"mode": "tower", **spec}), {"repeat": rep})
-            for variant in ("fp32", "fp32_cl", "bf16_cl") + (("onnx",) if _has_onnxruntime() else ()):
+            for variant in ("fp32", "fp32_cl", "bf16_cl") + _export_tower_variants():
                 bench.run("tower", f"ours_{variant}", bench._ours_cmd("tower", {**spec, "variant": variant}),
                           {"repeat": rep})
     if "predict" in parts:

@@ -1,8 +1,10 @@
-"""`mclstexp predict` without PyTorch: ONNX Runtime tower + NumPy retrieval.
+"""`mclstexp predict` without PyTorch: the tower's ONNX export (ONNX Runtime fp32, OpenVINO
+bf16) + NumPy retrieval.
 
 The PyTorch-free runtime must give the pipeline's predictions, never import torch or
 transformers, and step aside (to the PyTorch pipeline) whenever a condition fails: stale export,
-bf16, an explicit torch backend, a saved FAISS index. Synthetic checkpoint from conftest.py.
+bf16 without a bf16 runtime, an explicit torch backend, a saved FAISS index. Synthetic
+checkpoint from conftest.py.
 """
 
 from __future__ import annotations
@@ -28,7 +30,8 @@ from mclstexp_hub.models.mclstexp.onnx_tower_mclstexp import (
 )
 from mclstexp_hub.models.mclstexp.pixels_mclstexp import scale_pixel_values
 from mclstexp_hub.models.mclstexp.retrieval_mclstexp import SAVED_INDEX_FILENAME
-from mclstexp_hub.prediction.onnx_runtime import RUNTIME, onnx_predictor
+from mclstexp_hub.models.mclstexp import precision_mclstexp
+from mclstexp_hub.prediction.onnx_runtime import RUNTIME, onnx_predictor, runtime_label
 from mclstexp_hub.prediction.predict import load_pipeline, predict_to_h5ad
 
 
@@ -61,7 +64,8 @@ def test_torch_free_prediction_equals_the_pipelines(exported, synthetic, tmp_pat
     # fp32 on both sides: `auto` is bf16 in PyTorch on a CPU with native bf16
     assert _predict(exported, synthetic, tmp_path / "torch.h5ad", "--backend", "torch",
                     "--precision", "fp32") == 0
-    assert _predict(exported, synthetic, tmp_path / "onnx.h5ad") == 0, capsys.readouterr().err
+    assert _predict(exported, synthetic, tmp_path / "onnx.h5ad", "--precision", "fp32") == 0, \
+        capsys.readouterr().err
     torch_run, onnx_run = ad.read_h5ad(tmp_path / "torch.h5ad"), ad.read_h5ad(tmp_path / "onnx.h5ad")
     info = onnx_run.uns["mclstexp"]
     assert info["runtime"] == RUNTIME and info["image_tower_backend"] == "onnxruntime"
@@ -84,7 +88,7 @@ def test_torch_free_prediction_equals_the_pipelines(exported, synthetic, tmp_pat
     np.testing.assert_array_equal(onnx_run.uns["spatial"][library]["images"]["hires"],
                                   piped.uns["spatial"][library]["images"]["hires"])
     for key, value in piped.uns["mclstexp"].items():
-        if key not in ("created", "output", "precision_requested"):  # auto vs fp32, both fp32
+        if key != "created":
             assert str(info[key]) == str(value), key
 
 
@@ -103,13 +107,24 @@ def test_the_runtime_never_imports_torch_or_transformers(exported, synthetic, tm
                           timeout=300)
     assert done.returncode == 0, done.stderr
     assert "LOADED []" in done.stdout, done.stdout
-    assert ad.read_h5ad(tmp_path / "p.h5ad").uns["mclstexp"]["runtime"] == RUNTIME
+    # auto: ONNX Runtime fp32, or OpenVINO bf16 on a CPU with native bf16 (neither needs torch)
+    expected = runtime_label(precision_mclstexp.export_plan("auto")[0])
+    assert ad.read_h5ad(tmp_path / "p.h5ad").uns["mclstexp"]["runtime"] == expected
 
 
-def test_the_runtime_steps_aside_when_a_condition_fails(exported, synthetic, tmp_path):
+def test_the_runtime_steps_aside_when_a_condition_fails(exported, synthetic, tmp_path, monkeypatch):
     assert onnx_predictor(exported, device="cpu")[0] is not None
     assert onnx_predictor(exported, device="cpu", backend="torch") == (None, "--backend torch")
-    assert "bf16" in onnx_predictor(exported, device="cpu", precision="bf16")[1]
+    # bf16: OpenVINO only on a CPU with native bf16, never ONNX Runtime
+    monkeypatch.setattr(precision_mclstexp, "cpu_has_native_bf16", lambda: False)
+    assert "native bf16" in onnx_predictor(exported, device="cpu", precision="bf16")[1]
+    monkeypatch.setattr(precision_mclstexp, "cpu_has_native_bf16", lambda: True)
+    assert "fp32 only" in onnx_predictor(exported, device="cpu", backend="onnxruntime",
+                                         precision="bf16")[1]
+    real = precision_mclstexp.runtime_installed
+    monkeypatch.setattr(precision_mclstexp, "runtime_installed", lambda name: name != "openvino" and real(name))
+    assert "openvino is not installed" in onnx_predictor(exported, device="cpu", precision="bf16")[1]
+    monkeypatch.undo()
     assert "--device cuda" in onnx_predictor(exported, device="cuda")[1]
     assert onnx_predictor(tmp_path / "nowhere", device="cpu")[0] is None
     # other weights than the export's: stale, never run
@@ -130,17 +145,21 @@ def test_the_runtime_steps_aside_when_a_condition_fails(exported, synthetic, tmp
 
 def test_auto_on_a_native_bf16_cpu_keeps_the_export_for_small_runs_only(
         exported, synthetic, tmp_path, monkeypatch, capsys):
-    """precision auto where the CPU has native bf16: the fp32 export serves a run of up to
-    AUTO_ONNX_MAX_SPOTS spots (PyTorch's start-up would cost more than bf16 saves); above it
-    the run goes to PyTorch bf16; an explicit bf16 never runs the export. Recorded either way."""
-    from mclstexp_hub.models.mclstexp import precision_mclstexp
-
+    """precision auto where the CPU has native bf16 but OpenVINO (the export's bf16 runtime) is
+    not installed: the fp32 export serves a run of up to AUTO_ONNX_MAX_SPOTS spots (PyTorch's
+    start-up would cost more than bf16 saves); above it the run goes to PyTorch bf16; an
+    explicit bf16 never runs the fp32 export. Recorded either way."""
     monkeypatch.setattr(precision_mclstexp, "cpu_has_native_bf16", lambda: True)
+    real = precision_mclstexp.runtime_installed
+    monkeypatch.setattr(precision_mclstexp, "runtime_installed", lambda name: name != "openvino" and real(name))
     limit = precision_mclstexp.AUTO_ONNX_MAX_SPOTS
-    refusal = precision_mclstexp.onnx_precision_refusal
-    assert refusal("auto", limit) is None and refusal("auto") is None  # count not known yet
-    assert f"{limit + 1} spots" in refusal("auto", limit + 1)
-    assert "bf16" in refusal("bf16", 1)
+    plan = precision_mclstexp.export_plan
+    assert plan("auto", "auto", limit)[:2] == ("onnxruntime", "fp32")
+    assert plan("auto")[:2] == ("onnxruntime", "fp32")  # count not known yet
+    assert plan("auto", "auto", limit + 1)[0] is None
+    assert f"{limit + 1} spots" in plan("auto", "auto", limit + 1)[2]
+    assert plan("bf16", "auto", 1)[0] is None and "openvino" in plan("bf16", "auto", 1)[2]
+    assert plan("auto", "onnxruntime", limit + 1)[:2] == ("onnxruntime", "fp32")  # explicit: kept
     assert onnx_predictor(exported, device="cpu")[0] is not None
     assert onnx_predictor(exported, device="cpu", precision="bf16")[0] is None
     assert _predict(exported, synthetic, tmp_path / "small.h5ad") == 0, capsys.readouterr().err
@@ -196,3 +215,39 @@ def test_evaluate_runs_the_exported_tower_with_the_pipelines_scores(exported, sy
     with pytest.raises(ValueError, match="backend"):
         evaluate_checkpoint(exported, synthetic.dataset, section, tmp_path / "bad",
                             backend="tensorrt", **common)
+
+
+def test_openvino_runs_the_export_in_bf16_where_the_cpu_has_it(exported, synthetic, tmp_path,
+                                                                monkeypatch, capsys):
+    """precision auto on a native-bf16 CPU with OpenVINO installed: the export runs in OpenVINO
+    bf16 for any run size, PyTorch-free, recorded as such and close to fp32; `--backend
+    openvino --precision fp32` gives ONNX Runtime's numbers; the pipeline and `evaluate` pick
+    the same runtime for the same precision."""
+    pytest.importorskip("openvino", reason="openvino (the onnx extra) is not installed")
+    from mclstexp_hub.evaluation.evaluate import evaluate_checkpoint
+
+    monkeypatch.setattr(precision_mclstexp, "cpu_has_native_bf16", lambda: True)
+    monkeypatch.setattr(precision_mclstexp, "AUTO_ONNX_MAX_SPOTS", 1)  # no fp32 fallback here
+    assert precision_mclstexp.export_plan("auto", "auto", 10 ** 6) == ("openvino", "bf16", None)
+    assert _predict(exported, synthetic, tmp_path / "fp32.h5ad", "--precision", "fp32") == 0
+    assert _predict(exported, synthetic, tmp_path / "bf16.h5ad") == 0, capsys.readouterr().err
+    assert _predict(exported, synthetic, tmp_path / "ov32.h5ad", "--backend", "openvino",
+                    "--precision", "fp32") == 0, capsys.readouterr().err
+    fp32, bf16, ov32 = (ad.read_h5ad(tmp_path / f"{n}.h5ad") for n in ("fp32", "bf16", "ov32"))
+    info = bf16.uns["mclstexp"]
+    assert info["runtime"] == runtime_label("openvino") and info["image_tower_backend"] == "openvino"
+    assert info["precision"] == "bf16" and info["precision_requested"] == "auto"
+    assert ov32.uns["mclstexp"]["precision"] == "fp32"
+    assert ov32.uns["mclstexp"]["image_tower_backend"] == "openvino"
+    np.testing.assert_allclose(ov32.X, fp32.X, rtol=1e-4, atol=1e-5)
+    assert np.corrcoef(bf16.X.ravel(), fp32.X.ravel())[0, 1] > 0.99
+    # the PyTorch pipeline with the export attached runs the same runtime per precision
+    pipe = load_pipeline(exported, device="cpu")
+    assert pipe._tower_backend("bf16") == "openvino" and pipe._tower_backend("fp32") == "onnxruntime"
+    section = [synthetic.sections[0]]
+    _, paths = evaluate_checkpoint(exported, synthetic.dataset, section, tmp_path / "ev",
+                                   allow_bank_overlap=True, progress=False, precision="bf16",
+                                   n_map_genes=0, backend="openvino")
+    recorded = json.loads(paths["metrics_json"].read_text())
+    assert recorded["image_tower"]["image_tower_backend"] == "openvino"
+    assert recorded["precision"] == "bf16"

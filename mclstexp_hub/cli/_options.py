@@ -10,6 +10,9 @@ import argparse
 from collections.abc import Iterable
 from typing import Any
 
+# the one list of each (a light module: no torch, no numpy)
+from ..models.mclstexp.precision_mclstexp import BACKENDS, PRECISIONS
+
 
 class ListOption(argparse.Action):
     """A list option that takes `B4 C2`, `B4,C2` or `B4, C2` alike (use with nargs="+"/"*").
@@ -46,7 +49,6 @@ class ListOption(argparse.Action):
         setattr(namespace, self.dest, items)
 
 
-PRECISION_CHOICES = ("auto", "fp32", "bf16")
 
 
 def retrieval_k_value(value: str) -> int | str:
@@ -62,18 +64,20 @@ def retrieval_k_value(value: str) -> int | str:
 def add_precision_option(p: argparse.ArgumentParser, default: str | None = "auto",
                          default_text: str = "auto") -> None:
     """`--precision`: tower arithmetic (auto = bf16 where the hardware has it natively)."""
-    p.add_argument("--precision", choices=list(PRECISION_CHOICES), default=default,
+    p.add_argument("--precision", choices=list(PRECISIONS), default=default,
                    help="auto = bf16 autocast on CPUs with native bf16 (AVX512-BF16/AMX) or "
                         "CUDA, else fp32 (convolutions run channels-last in both); recorded "
                         f"with the output (default: {default_text})")
 
 
 def add_backend_option(p: argparse.ArgumentParser, recorded_in: str = "metrics.json") -> None:
-    """`--backend`: the image tower's runtime (the choices of `onnx_tower_mclstexp.BACKENDS`)."""
-    p.add_argument("--backend", choices=["auto", "torch", "onnxruntime"], default="auto",
+    """`--backend`: the image tower's runtime (`precision_mclstexp.BACKENDS`)."""
+    p.add_argument("--backend", choices=list(BACKENDS), default="auto",
                    help="image tower runtime: auto = the checkpoint's ONNX export "
-                        "(`mclstexp onnx DIR`) when valid and onnxruntime is installed, on CPU "
-                        f"in fp32; else torch. Recorded in {recorded_in} (default: auto)")
+                        "(`mclstexp onnx DIR`) when valid, on the CPU: ONNX Runtime for fp32, "
+                        "OpenVINO for bf16 (CPUs with native bf16); else torch. onnxruntime / "
+                        "openvino: that runtime, refused when it cannot serve the run. "
+                        f"Recorded in {recorded_in} (default: auto)")
 
 
 def add_command(

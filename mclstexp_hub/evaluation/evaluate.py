@@ -35,13 +35,18 @@ def predict_patches(
 
     `precision` as `mclstexp predict --precision`: auto = bf16 autocast + channels-last on
     native-bf16 hardware, else fp32; the retrieval itself always runs in fp32. An ONNX export
-    attached to `model` (`attach_onnx_tower`) runs the tower in fp32 on the CPU, as in predict.
+    attached to `model` (`attach_onnx_tower`) runs the tower on the CPU when a runtime serves
+    the precision (`onnx_tower_runtime`), as in predict.
     """
-    from mclstexp_hub.models.mclstexp.precision_mclstexp import onnx_tower_runs, resolve_precision
+    from mclstexp_hub.models.mclstexp.precision_mclstexp import (
+        onnx_tower_runtime,
+        resolve_precision,
+    )
 
     resolved = resolve_precision(precision, model.device)
-    if onnx_tower_runs(model, model.device, resolved):
-        embeds = _onnx_embeds(model, patches, batch_size=batch_size, progress=progress)
+    if onnx_tower_runtime(model, model.device, resolved):
+        embeds = _onnx_embeds(model, patches, batch_size=batch_size, progress=progress,
+                              precision=resolved)
     else:
         from mclstexp_hub.training.features import compute_image_features
 
@@ -55,8 +60,10 @@ def predict_patches(
     return out.expression.numpy()
 
 
-def _onnx_embeds(model, patches: torch.Tensor, *, batch_size: int, progress: bool) -> torch.Tensor:
-    """Image embeddings of uint8 (N, 3, H, W) patches from the attached ONNX tower."""
+def _onnx_embeds(model, patches: torch.Tensor, *, batch_size: int, progress: bool,
+                 precision: str) -> torch.Tensor:
+    """Image embeddings of uint8 (N, 3, H, W) patches from the attached ONNX tower at the
+    resolved `precision`."""
     from tqdm.auto import tqdm
 
     from mclstexp_hub.models.mclstexp.pixels_mclstexp import scale_pixel_values
@@ -66,9 +73,10 @@ def _onnx_embeds(model, patches: torch.Tensor, *, batch_size: int, progress: boo
     tower, scaling = model.onnx_image_tower, model.config.pixel_scaling
     array = patches.numpy() if isinstance(patches, torch.Tensor) else np.asarray(patches)
     out = []
-    for start in tqdm(range(0, len(array), batch_size), desc="image tower (ONNX Runtime)",
+    for start in tqdm(range(0, len(array), batch_size),
+                      desc=f"image tower ({tower.runtime(precision)}, {precision})",
                       unit="batch", disable=not progress):
-        out.append(tower.run(scale_pixel_values(array[start:start + batch_size], scaling)))
+        out.append(tower.run(scale_pixel_values(array[start:start + batch_size], scaling), precision))
     return torch.from_numpy(np.concatenate(out)) if out else torch.zeros(0, model.config.projection_dim)
 
 
@@ -99,7 +107,12 @@ def evaluate_checkpoint(
     from mclstexp_hub.data.hf_dataset import load_dataset_metadata, load_st_dataset
     from mclstexp_hub.models.mclstexp.modeling_mclstexp import MclSTExpModel
     from mclstexp_hub.models.mclstexp.onnx_tower_mclstexp import attach_onnx_tower, check_backend
-    from mclstexp_hub.models.mclstexp.precision_mclstexp import onnx_tower_runs, resolve_precision
+    from mclstexp_hub.models.mclstexp.precision_mclstexp import (
+        EXPORT_BACKENDS,
+        export_runtime,
+        onnx_tower_runtime,
+        resolve_precision,
+    )
     from mclstexp_hub.outputs import check_output, replace_folder, staging
     from mclstexp_hub.training.torch_dataset import SpotPatchDataset
 
@@ -111,18 +124,19 @@ def evaluate_checkpoint(
     check_backend(backend)
     resolved = resolve_precision(precision)
     local = Path(os.fspath(model_path)).is_dir()
-    if backend == "onnxruntime" and not local:
-        raise ValueError("--backend onnxruntime needs a local checkpoint folder holding "
+    if backend in EXPORT_BACKENDS and not local:
+        raise ValueError(f"--backend {backend} needs a local checkpoint folder holding "
                          "image_tower.onnx (`mclstexp onnx DIR`); download the model first.")
     out_dir = check_output(out_dir, overwrite=overwrite, inputs=[model_path, dataset],
                            is_ours=is_evaluation_folder, what="evaluation folder")
     model = MclSTExpModel.from_pretrained(os.fspath(model_path)).eval()
     tower = attach_onnx_tower(model, model_path, backend) if local else {}
-    on_onnx = onnx_tower_runs(model, model.device, resolved)
-    if backend == "onnxruntime" and not on_onnx:
-        raise ValueError(f"--backend onnxruntime runs the fp32 export; --precision {precision} "
-                         f"resolves to {resolved}. Pass --precision fp32 or --backend torch.")
-    tower["image_tower_backend"] = "onnxruntime" if on_onnx else "torch"
+    on_onnx = onnx_tower_runtime(model, model.device, resolved)
+    if backend in EXPORT_BACKENDS and not on_onnx:
+        why = export_runtime(backend, resolved)[1]
+        raise ValueError(f"--backend {backend} cannot run the export at --precision {precision} "
+                         f"(= {resolved}): {why}. Pass --precision fp32 or --backend torch.")
+    tower["image_tower_backend"] = on_onnx or "torch"
     if model.spot_bank is None:
         raise ValueError(
             f"{model_path} has no spot_bank.safetensors, so it cannot predict expression; build "

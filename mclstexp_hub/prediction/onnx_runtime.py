@@ -1,10 +1,11 @@
-"""`mclstexp predict` without PyTorch: the ONNX Runtime image tower + NumPy retrieval.
+"""`mclstexp predict` without PyTorch: the image tower's ONNX export + NumPy retrieval.
 
 Importing torch, torchvision and transformers costs ≈ 8–10 s on a 2-core CPU before a single
 patch is read (`python -X importtime`; torch alone 3.1 s, torch._dynamo via torchvision 3 s,
 transformers' pipeline machinery 3 s) — as long as the image tower takes for ~200 spots. When a
 checkpoint folder carries a valid ONNX export of its tower (`mclstexp onnx DIR`) and the run is
-fp32 on the CPU, nothing of PyTorch is needed: the export runs in ONNX Runtime, the spot bank
+on the CPU, nothing of PyTorch is needed: the export runs in ONNX Runtime (fp32) or OpenVINO
+(bf16, on CPUs with native bf16; `precision_mclstexp.export_plan`), the spot bank
 is read with safetensors' NumPy reader, and retrieval is the same NumPy code `SpotBank.retrieve`
 runs (`retrieval_mclstexp`). Slide reading, batching, provenance and the AnnData come from the
 same module the pipeline uses (`slide_predict_mclstexp`), so both paths give the same output.
@@ -17,7 +18,6 @@ fingerprint matches the tower weights in the folder's model.safetensors.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 from dataclasses import dataclass, field
@@ -33,7 +33,7 @@ from ..models.mclstexp.onnx_tower_mclstexp import (
     read_export,
 )
 from ..models.mclstexp.pixels_mclstexp import scale_pixel_values
-from ..models.mclstexp.precision_mclstexp import onnx_precision_refusal
+from ..models.mclstexp.precision_mclstexp import export_plan
 from ..models.mclstexp.retrieval_mclstexp import (
     SAVED_INDEX_FILENAME,
     check_bank_arrays,
@@ -49,7 +49,13 @@ from ..models.mclstexp.slide_predict_mclstexp import (
     slide_anndata,
 )
 
-RUNTIME = "onnxruntime (no PyTorch)"
+
+def runtime_label(runtime: str) -> str:
+    """The provenance's `runtime` for a PyTorch-free run in `runtime` (onnxruntime, openvino)."""
+    return f"{runtime} (no PyTorch)"
+
+
+RUNTIME = runtime_label("onnxruntime")
 _CONFIG_FIELDS = ("gene_names", "patch_size", "pixel_scaling", "projection_dim", "retrieval_k",
                   "retrieval_distance", "retrieval_weighting", "image_encoder")
 
@@ -96,15 +102,17 @@ class OnnxSlidePredictor:
     device = "cpu"
 
     def __init__(self, folder: Path, config: CheckpointConfig, bank: BankArrays,
-                 tower: OnnxImageTower, source: dict[str, Any]) -> None:
+                 tower: OnnxImageTower, source: dict[str, Any], precision: str = "fp32") -> None:
         self.folder, self.config, self.bank, self.tower = folder, config, bank, tower
         self.mclstexp_source = source
+        self.precision = precision  # what the tower runs at (export_plan)
 
     def predict_slide(self, reader, table, *, batch_size: int | None = None, k: int | None = None,
                       library_id: str | None = None, spot_diameter: float | None = None,
                       progress: bool = False, provenance: dict[str, Any] | None = None,
                       precision: str = "auto"):
-        """Predict every spot of `table` on an opened slide; AnnData as the pipeline's."""
+        """Predict every spot of `table` on an opened slide; AnnData as the pipeline's.
+        `precision` is the one requested (recorded); the tower runs at `self.precision`."""
         config = self.config
         k = int(k if k is not None else config.retrieval_k)  # as the pipeline's predict_slide
         check_k(k, len(self.bank))
@@ -124,13 +132,16 @@ class OnnxSlidePredictor:
                 return_neighbour_spread=True)
             return expression, spread
 
+        run_precision = self.precision
         out, spread = predict_spots(reader, table, patch_size=size, batch_size=batch_size,
-                                    n_genes=config.n_genes, pixels=pixels, embed=self.tower.run,
+                                    n_genes=config.n_genes, pixels=pixels,
+                                    embed=lambda batch: self.tower.run(batch, run_precision),
                                     retrieve=retrieve, progress=progress)
         return slide_anndata(
             reader, table, out, spread, config=config, bank=self.bank, k=k, distance=distance,
-            weighting=weighting, device="cpu", precision="fp32", precision_requested=precision,
-            backend="onnxruntime", library_id=library_id, spot_diameter=spot_diameter,
+            weighting=weighting, device="cpu", precision=run_precision,
+            precision_requested=precision, backend=self.tower.runtime(run_precision),
+            library_id=library_id, spot_diameter=spot_diameter,
             provenance=provenance)
 
 
@@ -165,8 +176,9 @@ def onnx_predictor(model: str | os.PathLike, device: str | None = None, backend:
                    precision: str | None = "auto") -> tuple[OnnxSlidePredictor | None, str]:
     """The PyTorch-free predictor for `model` when this run can use it, else (None, why not).
 
-    The spot count is not known here: with precision auto on a native-bf16 CPU the caller asks
-    `onnx_precision_refusal` again once it is (a large run goes to PyTorch bf16)."""
+    The spot count is not known here: when the plan is the fp32 fallback of precision auto on a
+    native-bf16 CPU, the caller asks `export_plan` again once it is (a large run goes to
+    PyTorch bf16)."""
     if backend == "torch":
         return None, "--backend torch"
     folder = Path(str(model)).expanduser()
@@ -176,10 +188,9 @@ def onnx_predictor(model: str | os.PathLike, device: str | None = None, backend:
         return None, f"--device {device}"
     if device is None and cuda_visible():
         return None, "a CUDA GPU may be present (the PyTorch path decides)"
-    if (refusal := onnx_precision_refusal(precision)) is not None:
-        return None, refusal
-    if importlib.util.find_spec("onnxruntime") is None:
-        return None, "onnxruntime is not installed"
+    runtime, run_precision, note = export_plan(precision, backend)
+    if runtime is None:
+        return None, str(note)
     if (folder / SAVED_INDEX_FILENAME).exists():
         return None, f"the folder has a saved {SAVED_INDEX_FILENAME} (attached by the PyTorch path)"
     config = _read_config(folder)
@@ -202,11 +213,13 @@ def onnx_predictor(model: str | os.PathLike, device: str | None = None, backend:
                           int(config.projection_dim))
     except (OSError, ValueError, TypeError) as exc:
         return None, f"spot bank: {exc}"
-    tower = OnnxImageTower(folder / ONNX_TOWER_FILENAME, info)
+    tower = OnnxImageTower(folder / ONNX_TOWER_FILENAME, info, backend)
     source = {"model": str(folder), "model_revision": "local directory",
-              "retrieval_search": "exact", "image_tower_backend": "onnxruntime", "runtime": RUNTIME,
-              "image_tower_onnx_max_abs_difference": info.get("max_abs_difference_vs_torch")}
-    return OnnxSlidePredictor(folder, config, bank, tower, source), "ok"
+              "retrieval_search": "exact", "image_tower_backend": runtime,
+              "runtime": runtime_label(runtime),
+              "image_tower_onnx_max_abs_difference": info.get("max_abs_difference_vs_torch"),
+              **({"precision_note": note} if note else {})}
+    return OnnxSlidePredictor(folder, config, bank, tower, source, str(run_precision)), "ok"
 
 
-__all__ = ["OnnxSlidePredictor", "RUNTIME", "cuda_visible", "onnx_predictor"]
+__all__ = ["RUNTIME", "OnnxSlidePredictor", "cuda_visible", "onnx_predictor", "runtime_label"]

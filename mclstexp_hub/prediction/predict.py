@@ -62,12 +62,14 @@ def load_pipeline(
 
     Uses this package's classes even when the checkpoint also carries remote code (transformers
     would otherwise insist on `trust_remote_code=True` for a config with `custom_pipelines`).
-    backend: the image tower's runtime — "torch", "onnxruntime" (the checkpoint folder's
-    `image_tower.onnx` from `mclstexp onnx`; refused when absent or stale) or "auto" (that
-    export when valid and onnxruntime is installed, else torch); recorded in the provenance.
+    backend: the image tower's runtime — "torch", "onnxruntime" / "openvino" (the checkpoint
+    folder's `image_tower.onnx` from `mclstexp onnx` in that runtime; refused when absent or
+    stale) or "auto" (that export when valid, in ONNX Runtime for fp32 and OpenVINO for bf16
+    when installed, else torch); recorded in the provenance.
     """
     from ..models.mclstexp.onnx_tower_mclstexp import attach_onnx_tower, check_backend
     from ..models.mclstexp.pipeline_mclstexp import TASK, MclSTExpPipeline
+    from ..models.mclstexp.precision_mclstexp import EXPORT_BACKENDS
 
     check_backend(backend)
     from transformers import pipeline
@@ -106,11 +108,11 @@ def load_pipeline(
         source.update(attach_saved_searcher(loaded, model))
     # The pipeline records the backend each run actually used (`image_tower_backend`); here
     # only an export is attached, or an explicit onnxruntime request refused.
-    if backend == "onnxruntime" and not looks_local:
-        raise ValueError("--backend onnxruntime needs a local checkpoint folder holding "
+    if backend in EXPORT_BACKENDS and not looks_local:
+        raise ValueError(f"--backend {backend} needs a local checkpoint folder holding "
                          "image_tower.onnx (`mclstexp onnx DIR`); download the model first.")
-    if backend == "onnxruntime" and device != "cpu":
-        raise ValueError("--backend onnxruntime runs on the CPU; use --device cpu.")
+    if backend in EXPORT_BACKENDS and device != "cpu":
+        raise ValueError(f"--backend {backend} runs on the CPU; use --device cpu.")
     if looks_local and device == "cpu":
         source.update(attach_onnx_tower(loaded, model, backend))
     try:
@@ -273,11 +275,7 @@ def predict_to_h5ad(
     from ..models.mclstexp.onnx_tower_mclstexp import check_backend
 
     check_backend(backend)  # before the PyTorch-free path reads it
-    from ..models.mclstexp.precision_mclstexp import (
-        AUTO_ONNX_MAX_SPOTS,
-        onnx_precision_refusal,
-        resolve_precision,
-    )
+    from ..models.mclstexp.precision_mclstexp import export_plan
     from .onnx_runtime import OnnxSlidePredictor, onnx_predictor
 
     # the slide is decoded (and its stored thumbnail drawn) in a thread while the model
@@ -293,7 +291,8 @@ def predict_to_h5ad(
 
         chose_runtime = pipe is None
         if pipe is None:
-            # PyTorch-free when the run allows it (fp32 on CPU, valid ONNX export), else the pipeline
+            # PyTorch-free when the run allows it (CPU, valid ONNX export, a runtime for the
+            # precision: precision_mclstexp.export_plan), else the pipeline
             runner, why = onnx_predictor(model, device=device, backend=backend, precision=precision)
             pipe = torch_pipeline(why) if runner is None else runner
         config = pipe.config if isinstance(pipe, OnnxSlidePredictor) else pipe.model.config
@@ -316,17 +315,14 @@ def predict_to_h5ad(
             slide, spots_csv=spots_csv, visium=visium, tile=tile, patch_size=config.patch_size,
             tile_pitch=tile_pitch, min_tissue_fraction=min_tissue_fraction,
         )
-        if chose_runtime and backend == "auto" and isinstance(pipe, OnnxSlidePredictor):
-            # the spot count is known now: precision auto on a native-bf16 CPU sends a large
-            # run to PyTorch bf16 (precision_mclstexp.AUTO_ONNX_MAX_SPOTS)
-            refusal = onnx_precision_refusal(precision, len(table))
-            if refusal is not None:
-                pipe = torch_pipeline(refusal)
-            elif resolve_precision(precision, "cpu") != "fp32":
-                pipe.mclstexp_source = {
-                    **pipe.mclstexp_source,
-                    "precision_note": (f"precision auto: the fp32 ONNX export rather than PyTorch "
-                                       f"bf16 for {len(table)} spots (<= {AUTO_ONNX_MAX_SPOTS})")}
+        if chose_runtime and isinstance(pipe, OnnxSlidePredictor):
+            # the spot count is known now: the fp32 fallback of precision auto on a
+            # native-bf16 CPU sends a large run to PyTorch bf16 (AUTO_ONNX_MAX_SPOTS)
+            runtime, _, note = export_plan(precision, backend, len(table))
+            if runtime is None:
+                pipe = torch_pipeline(str(note))
+            elif note:
+                pipe.mclstexp_source = {**pipe.mclstexp_source, "precision_note": note}
         if visium and observed is None and (Path(visium) / "filtered_feature_bc_matrix.h5").is_file():
             observed = Path(visium)
         adata = pipe.predict_slide(

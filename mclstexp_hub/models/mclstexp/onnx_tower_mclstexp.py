@@ -8,15 +8,16 @@ than PyTorch eager in channels-last fp32 (25.7 vs 14.5 patches/s, batch 32, max 
 (the fingerprint of the weights it was exported from, the export's measured agreement with
 PyTorch) next to the checkpoint. `attach_onnx_tower(model, folder)` loads it only when the
 fingerprint matches the loaded weights, so a retrained or edited checkpoint never runs a stale
-export. The export is fp32 (bf16 stays with PyTorch's autocast).
+export. The export is fp32; ONNX Runtime runs it in fp32 and OpenVINO in bf16 on CPUs with
+native bf16 (`precision_mclstexp.export_runtime` decides which; measured figures there).
 
 Running an export needs neither torch nor transformers: `checkpoint_tower_fingerprint(folder)`
 computes the same fingerprint from the checkpoint's files, so `mclstexp predict` can check and
 run the export without importing them (mclstexp_hub/prediction/onnx_runtime.py).
 
-Hub-bound remote code: imports only third-party packages; onnxruntime/onnx are optional and
-imported only when used (`pip install 'mclstexp-hub[onnx]'`); torch only to export or to
-fingerprint a loaded model.
+Hub-bound remote code: imports only third-party packages; onnxruntime/onnx/openvino are
+optional and imported only when used (`pip install 'mclstexp-hub[onnx]'`); torch only to export
+or to fingerprint a loaded model.
 """
 
 from __future__ import annotations
@@ -32,10 +33,11 @@ from typing import Any
 
 import numpy as np
 
+from .precision_mclstexp import BACKENDS, EXPORT_BACKENDS, export_runtime, runtime_installed
+
 ONNX_TOWER_FILENAME = "image_tower.onnx"
 ONNX_TOWER_INFO_FILENAME = "image_tower_onnx.json"
 EXPORT_CHECK_TOLERANCE = 1e-3  # max |onnx - torch| on the export's check batch (values ~ 1)
-BACKENDS = ("auto", "torch", "onnxruntime")
 
 
 def check_backend(backend: str) -> str:
@@ -124,48 +126,82 @@ def _tower_graph(model: Any):
     return _TowerGraph(model)
 
 
-def _require_onnxruntime():
+def _require_runtime(name: str):
+    """Import the runtime package `name` ("onnxruntime" or "openvino"), or raise with the fix."""
+    import importlib
+
     try:
-        import onnxruntime
+        return importlib.import_module(name)
     except ImportError as exc:
         raise ImportError(
-            "ONNX Runtime is not installed; `pip install 'mclstexp-hub[onnx]'` (onnxruntime, "
-            "onnx, onnxscript) or use --backend torch."
+            f"{name} is not installed; `pip install 'mclstexp-hub[onnx]'` (onnxruntime, onnx, "
+            "onnxscript, openvino) or use --backend torch."
         ) from exc
-    return onnxruntime
+
+
+def _threads(threads: int | None = None) -> int:
+    """As many threads as torch would use: the CPUs this process may run on (or OMP_NUM_THREADS)."""
+    return int(threads or os.environ.get("OMP_NUM_THREADS") or 0) or len(os.sched_getaffinity(0))
 
 
 def _session(path: str | os.PathLike, threads: int | None = None):
-    ort = _require_onnxruntime()
+    ort = _require_runtime("onnxruntime")
     options = ort.SessionOptions()
-    # as many threads as torch would use: the CPUs this process may run on (or OMP_NUM_THREADS)
-    options.intra_op_num_threads = int(threads or os.environ.get("OMP_NUM_THREADS") or 0) or len(
-        os.sched_getaffinity(0))
+    options.intra_op_num_threads = _threads(threads)
     options.inter_op_num_threads = 1
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     return ort.InferenceSession(os.fspath(path), options, providers=["CPUExecutionProvider"])
 
 
-class OnnxImageTower:
-    """Callable like the PyTorch tower: float pixel_values (B, 3, S, S) → embeddings (B, D)."""
+def _openvino_model(path: str | os.PathLike, precision: str, threads: int | None = None):
+    """The export compiled by OpenVINO's CPU plugin at `precision` ("fp32" or "bf16"), tuned
+    for one request at a time (the slide reader feeds one batch after another)."""
+    ov = _require_runtime("openvino")
+    core = ov.Core()
+    return core.compile_model(core.read_model(os.fspath(path)), "CPU", {
+        "INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32",
+        "INFERENCE_NUM_THREADS": _threads(threads), "PERFORMANCE_HINT": "LATENCY"})
 
-    def __init__(self, path: str | os.PathLike, info: dict[str, Any]) -> None:
+
+class OnnxImageTower:
+    """Callable like the PyTorch tower: float pixel_values (B, 3, S, S) → embeddings (B, D).
+
+    `backend` ("auto", "onnxruntime", "openvino") and each call's resolved precision choose the
+    runtime (`export_runtime`); each runtime is opened on first use."""
+
+    def __init__(self, path: str | os.PathLike, info: dict[str, Any], backend: str = "auto") -> None:
         self.path = Path(path)
         self.info = info
-        self.session = _session(path)
-        self.input_name = self.session.get_inputs()[0].name
+        self.backend = check_backend(backend)
+        self._runners: dict[tuple[str, str], Any] = {}
 
-    def run(self, pixel_values: np.ndarray) -> np.ndarray:
-        """float32 ndarray (B, 3, S, S) → embeddings ndarray (B, D)."""
+    def runtime(self, precision: str = "fp32") -> str:
+        """The runtime that serves `precision` here; raises with the reason when none does."""
+        runtime, why = export_runtime(self.backend, precision)
+        if runtime is None:
+            raise ValueError(f"the ONNX export of the image tower cannot run in {precision}: {why}.")
+        return runtime
+
+    def run(self, pixel_values: np.ndarray, precision: str = "fp32") -> np.ndarray:
+        """float32 ndarray (B, 3, S, S) → float32 embeddings ndarray (B, D)."""
+        runtime = self.runtime(precision)
+        key = (runtime, precision)
+        if key not in self._runners:
+            self._runners[key] = (_session(self.path) if runtime == "onnxruntime"
+                                  else _openvino_model(self.path, precision))
+        runner = self._runners[key]
         array = np.ascontiguousarray(pixel_values, dtype=np.float32)
-        (embeds,) = self.session.run(None, {self.input_name: array})
-        return embeds
+        if runtime == "onnxruntime":
+            (embeds,) = runner.run(None, {runner.get_inputs()[0].name: array})
+            return embeds
+        return np.array(runner(array)[0], dtype=np.float32)  # a copy: OpenVINO reuses its buffer
 
-    def __call__(self, pixel_values: Any) -> Any:
+    def __call__(self, pixel_values: Any, precision: str = "fp32") -> Any:
         """Tensor in, tensor out (the PyTorch pipeline's call)."""
         import torch
 
-        return torch.from_numpy(self.run(pixel_values.detach().to(torch.float32).cpu().numpy()))
+        array = pixel_values.detach().to(torch.float32).cpu().numpy()
+        return torch.from_numpy(self.run(array, precision))
 
 
 def export_image_tower(model: Any, folder: str | os.PathLike, batch: int = 4) -> dict[str, Any]:
@@ -176,7 +212,7 @@ def export_image_tower(model: Any, folder: str | os.PathLike, batch: int = 4) ->
     """
     import torch
 
-    _require_onnxruntime()
+    _require_runtime("onnxruntime")
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"{folder}: not a checkpoint folder; export into the folder "
@@ -252,34 +288,39 @@ def read_export(folder: str | os.PathLike, fingerprint: str | None) -> tuple[dic
     return info, "ok"
 
 
-def load_onnx_tower(model: Any, folder: str | os.PathLike) -> tuple[OnnxImageTower | None, str]:
+def load_onnx_tower(model: Any, folder: str | os.PathLike,
+                    backend: str = "auto") -> tuple[OnnxImageTower | None, str]:
     """The exported tower of `folder` if it matches `model`'s weights; else (None, why not)."""
     info, why = read_export(folder, tower_fingerprint(model))
     if info is None:
         return None, why
-    return OnnxImageTower(Path(folder) / ONNX_TOWER_FILENAME, info), "ok"
+    return OnnxImageTower(Path(folder) / ONNX_TOWER_FILENAME, info, backend), "ok"
 
 
 def attach_onnx_tower(model: Any, folder: str | os.PathLike, backend: str = "auto") -> dict[str, Any]:
     """Set `model.onnx_image_tower` for `backend` "auto" (when a valid export exists and
-    onnxruntime is installed) or "onnxruntime" (required: raises with the fix); returns the
-    provenance record."""
+    onnxruntime or openvino is installed) or "onnxruntime"/"openvino" (required: raises with
+    the fix); returns the provenance record. Which runtime each call uses follows its
+    precision (`precision_mclstexp.onnx_tower_runtime`)."""
     check_backend(backend)
     model.onnx_image_tower = None
     if backend == "torch":
         return {"image_tower_backend": "torch"}
-    try:
-        tower, why = load_onnx_tower(model, folder)
-    except ImportError as exc:
-        if backend == "onnxruntime":
-            raise
-        return {"image_tower_backend": "torch", "image_tower_backend_note": str(exc)}
+    wanted = EXPORT_BACKENDS if backend == "auto" else (backend,)
+    if not any(runtime_installed(name) for name in wanted):
+        try:
+            _require_runtime(wanted[0])
+        except ImportError as exc:
+            if backend != "auto":
+                raise
+            return {"image_tower_backend": "torch", "image_tower_backend_note": str(exc)}
+    tower, why = load_onnx_tower(model, folder, backend)
     if tower is None:
-        if backend == "onnxruntime":
-            raise ValueError(f"--backend onnxruntime: {why}.")
+        if backend != "auto":
+            raise ValueError(f"--backend {backend}: {why}.")
         return {"image_tower_backend": "torch", "image_tower_backend_note": why}
     model.onnx_image_tower = tower
-    return {"image_tower_backend": "onnxruntime",
+    return {"image_tower_backend": backend if backend != "auto" else "onnx export",
             "image_tower_onnx_max_abs_difference": tower.info.get("max_abs_difference_vs_torch")}
 
 

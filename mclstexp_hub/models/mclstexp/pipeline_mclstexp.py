@@ -36,7 +36,7 @@ from PIL import Image
 from transformers import Pipeline
 
 from .image_processing_mclstexp import MclSTExpImageProcessor
-from .precision_mclstexp import autocast, onnx_tower_runs, prepare_pixels, resolve_precision
+from .precision_mclstexp import autocast, onnx_tower_runtime, prepare_pixels, resolve_precision
 from .retrieval_mclstexp import check_k
 from .slide_io_mclstexp import Slide, decode_flat_image, open_slide, to_rgb8
 from .slide_predict_mclstexp import (
@@ -184,15 +184,17 @@ class MclSTExpPipeline(Pipeline):
         return {"pixel_values": inputs["pixel_values"].to(self.dtype)}
 
     def _tower_backend(self, resolved_precision: str) -> str:
-        """"onnxruntime" when an ONNX export is attached and the run is fp32 on CPU, else "torch"."""
-        return "onnxruntime" if onnx_tower_runs(self.model, self.device, resolved_precision) else "torch"
+        """The runtime of the attached ONNX export ("onnxruntime", "openvino") when it serves
+        this run (`onnx_tower_runtime`), else "torch"."""
+        return onnx_tower_runtime(self.model, self.device, resolved_precision) or "torch"
 
     def _embed(self, pixels: torch.Tensor, precision: str | None) -> tuple[torch.Tensor, str]:
-        """Image embeddings (fp32) at the resolved precision, channels-last — or, in fp32 on
-        CPU, from the ONNX Runtime export of the tower when one is attached (`attach_onnx_tower`)."""
+        """Image embeddings (fp32) at the resolved precision, channels-last — or, on the CPU,
+        from the tower's ONNX export when one is attached (`attach_onnx_tower`) and a runtime
+        serves the precision (ONNX Runtime fp32, OpenVINO bf16)."""
         resolved = resolve_precision(precision, self.device)
-        if self._tower_backend(resolved) == "onnxruntime":
-            return self.model.onnx_image_tower(pixels).float(), resolved
+        if self._tower_backend(resolved) != "torch":
+            return self.model.onnx_image_tower(pixels, resolved).float(), resolved
         if not getattr(self, "_channels_last", False):
             self.model.to(memory_format=torch.channels_last)
             self._channels_last = True

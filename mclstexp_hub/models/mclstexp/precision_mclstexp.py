@@ -56,30 +56,80 @@ def resolve_precision(precision: str | None, device: Any = "cpu") -> str:
     return "bf16" if kind == "cpu" and cpu_has_native_bf16() else "fp32"
 
 
-# `mclstexp predict` on a CPU with native bf16, precision `auto`: the checkpoint's fp32 ONNX
-# export still serves runs of up to this many spots. The PyTorch bf16 tower is faster per
-# patch, but the PyTorch path starts later (torch/transformers imports), which a small run
-# never wins back. Measured on this project's 2-core AVX512-BF16 EPYC (README, Speed, run 9):
-# fixed cost (2 spots) 9.84 s PyTorch vs 2.74 s PyTorch-free; tower alone (batch 32) 37.0
-# patches/s bf16 vs 28.2 ONNX fp32; whole process on a 2,040-spot grid 80.6 s bf16 vs 78.6 s
-# ONNX, i.e. 28.8 vs 26.9 spots/s once started: break-even ≈ 7.1 s / (1/26.9 - 1/28.8) ≈ 2,900.
+# The checkpoint's ONNX export of the tower (fp32 weights) runs in one of two CPU runtimes:
+# ONNX Runtime for fp32, OpenVINO for bf16 (its CPU plugin computes the convolutions in bf16
+# when the CPU has native bf16, with fp32 accumulation, and needs no PyTorch). Measured on this
+# project's 2-core AVX512-BF16 EPYC, DenseNet-121 at 224 px, batch 32, 2 threads: OpenVINO bf16
+# 51.8 patches/s, PyTorch bf16 autocast channels-last 37.0, ONNX Runtime fp32 27.4, OpenVINO
+# fp32 24.1 (so fp32 stays with ONNX Runtime). The `--backend` values that name the export:
+EXPORT_BACKENDS: tuple[str, ...] = ("onnxruntime", "openvino")
+BACKENDS: tuple[str, ...] = ("auto", "torch", *EXPORT_BACKENDS)  # `--backend` choices
+
+
+def runtime_installed(name: str) -> bool:
+    """Whether the runtime package `name` can be imported (looked up, not imported)."""
+    import importlib.util
+
+    return importlib.util.find_spec(name) is not None
+
+
+def export_runtime(backend: str, precision: str) -> tuple[str | None, str]:
+    """The runtime that runs the tower's ONNX export on the CPU at resolved `precision` under
+    `backend` ("auto", "torch", "onnxruntime", "openvino"), or (None, why not with the fix).
+
+    fp32: ONNX Runtime (auto, onnxruntime) or OpenVINO (openvino). bf16: OpenVINO, only on a
+    CPU with native bf16 — elsewhere OpenVINO would quietly compute fp32 while the output said
+    bf16, so bf16 there runs in PyTorch (emulated)."""
+    if backend == "torch":
+        return None, "--backend torch"
+    if precision == "bf16":
+        if backend == "onnxruntime":
+            return None, ("ONNX Runtime runs the export in fp32 only; bf16 runs in OpenVINO "
+                          "(--backend openvino) or PyTorch")
+        if not cpu_has_native_bf16():
+            return None, "bf16 on a CPU without native bf16 runs in PyTorch"
+    runtime = "onnxruntime" if precision == "fp32" and backend != "openvino" else "openvino"
+    if not runtime_installed(runtime):
+        return None, (f"{runtime} is not installed (`pip install 'mclstexp-hub[onnx]'`); "
+                      f"the {precision} tower runs in PyTorch")
+    return runtime, "ok"
+
+
+# `mclstexp predict` on a CPU with native bf16, precision `auto`, when OpenVINO is not installed
+# (so no bf16 runtime for the export): the fp32 export (ONNX Runtime) still serves runs of up
+# to this many spots. The PyTorch bf16 tower is faster per patch, but the PyTorch path starts
+# later (torch/transformers imports), which a small run never wins back. Measured on this
+# project's 2-core AVX512-BF16 EPYC (README, Speed, run 9): fixed cost (2 spots) 9.84 s PyTorch
+# vs 2.74 s PyTorch-free; tower alone (batch 32) 37.0 patches/s bf16 vs 28.2 ONNX fp32; whole
+# process on a 2,040-spot grid 80.6 s bf16 vs 78.6 s ONNX, i.e. 28.8 vs 26.9 spots/s once
+# started: break-even ≈ 7.1 s / (1/26.9 - 1/28.8) ≈ 2,900.
 AUTO_ONNX_MAX_SPOTS = 3000
 
 
-def onnx_precision_refusal(precision: str | None, n_spots: int | None = None) -> str | None:
-    """Why the fp32 ONNX export may not serve a CPU run at `precision`, or None when it may.
+def export_plan(precision: str | None, backend: str = "auto",
+                n_spots: int | None = None) -> tuple[str | None, str | None, str | None]:
+    """How a CPU run at `precision` uses the tower's ONNX export: (runtime, precision it runs
+    at, note) — or (None, None, why not) when it runs in PyTorch instead.
 
-    fp32 (explicit, or `auto` without native bf16): it may. An explicit bf16: never. `auto` on
-    a native-bf16 CPU: for up to AUTO_ONNX_MAX_SPOTS spots (an unknown count is not a refusal;
-    the caller asks again once it knows)."""
-    if resolve_precision(precision, "cpu") == "fp32":
-        return None
-    if precision not in (None, "auto"):
-        return f"precision {precision} runs in PyTorch (bf16 autocast)"
-    if n_spots is not None and n_spots > AUTO_ONNX_MAX_SPOTS:
-        return (f"precision auto on a CPU with native bf16 and {n_spots} spots "
-                f"(> {AUTO_ONNX_MAX_SPOTS}): PyTorch bf16 is faster at this size")
-    return None
+    The export runs at the resolved precision when a runtime serves it (`export_runtime`).
+    Otherwise `auto` on a native-bf16 CPU (bf16 without a bf16 runtime for the export) falls
+    back to the fp32 export, for up to AUTO_ONNX_MAX_SPOTS spots under `--backend auto` (an
+    unknown count is not a refusal; the caller asks again once it knows); the note says so."""
+    resolved = resolve_precision(precision, "cpu")
+    runtime, why = export_runtime(backend, resolved)
+    if runtime is not None:
+        return runtime, resolved, None
+    if resolved == "fp32" or precision not in (None, "auto") or backend == "openvino":
+        return None, None, why
+    runtime, fp32_why = export_runtime(backend, "fp32")
+    if runtime is None:
+        return None, None, fp32_why
+    if backend == "auto" and n_spots is not None and n_spots > AUTO_ONNX_MAX_SPOTS:
+        return None, None, (f"precision auto on a CPU with native bf16 and {n_spots} spots "
+                            f"(> {AUTO_ONNX_MAX_SPOTS}), {why}: PyTorch bf16 is faster at this size")
+    return runtime, "fp32", (f"precision auto: the fp32 ONNX export rather than PyTorch bf16 "
+                             f"({why})" + ("" if n_spots is None else
+                                           f" for {n_spots} spots (<= {AUTO_ONNX_MAX_SPOTS})"))
 
 
 def autocast(precision: str, device: Any = "cpu"):
@@ -102,23 +152,29 @@ def prepare_pixels(pixels: Any, precision: str) -> Any:
     return pixels
 
 
-def onnx_tower_runs(model: Any, device: Any, precision: str) -> bool:
-    """Whether the image tower runs from its ONNX Runtime export: one is attached to `model`
-    (`onnx_tower_mclstexp.attach_onnx_tower`), the run is on the CPU and the resolved
-    `precision` is fp32 (the export is fp32; bf16 runs in PyTorch). The one rule of the
-    pipeline and of `mclstexp evaluate`."""
+def onnx_tower_runtime(model: Any, device: Any, precision: str) -> str | None:
+    """The runtime that runs `model`'s attached ONNX export of the tower
+    (`onnx_tower_mclstexp.attach_onnx_tower`) for a run on `device` at resolved `precision`,
+    or None when the tower runs in PyTorch. The one rule of the pipeline and of `evaluate`."""
+    tower = getattr(model, "onnx_image_tower", None)
     on_cpu = getattr(device, "type", str(device).split(":")[0]) == "cpu"
-    return getattr(model, "onnx_image_tower", None) is not None and on_cpu and precision == "fp32"
+    if tower is None or not on_cpu:
+        return None
+    return export_runtime(tower.backend, precision)[0]
 
 
 __all__ = [
     "AUTO_ONNX_MAX_SPOTS",
-    "onnx_precision_refusal",
-    "onnx_tower_runs",
+    "BACKENDS",
+    "EXPORT_BACKENDS",
     "PRECISIONS",
     "Precision",
     "autocast",
     "cpu_has_native_bf16",
+    "export_plan",
+    "export_runtime",
+    "onnx_tower_runtime",
     "prepare_pixels",
     "resolve_precision",
+    "runtime_installed",
 ]
