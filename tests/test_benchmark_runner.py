@@ -12,8 +12,9 @@ import pytest
 from mclstexp_hub.benchmark.runner import METHODS as ALL_METHODS
 
 # the run below uses the frozen `cpu` profile, for which the frozen-encoder ablation of an
-# end-to-end profile does not apply (the runner skips it with a note)
-METHODS = tuple(m for m in ALL_METHODS if m != "frozen_encoder_ablation")
+# end-to-end profile does not apply, and no --expression-bank (the runner skips both with a note)
+METHODS = tuple(m for m in ALL_METHODS
+                if m not in ("frozen_encoder_ablation", "mclstexp_expression_bank"))
 
 pytestmark = [pytest.mark.slow, pytest.mark.realdata]
 
@@ -140,6 +141,7 @@ def test_rerun_reuses_identical_fold_results(results, her2st_dir, gene_lists_dir
     out = capsys.readouterr().out
     assert out.count("reusing the identical earlier result") == 2 * len(METHODS)
     assert "method frozen_encoder_ablation: adds nothing under profile cpu (skipped)" in out
+    assert "method mclstexp_expression_bank: needs --expression-bank DIR" in out
     after = json.loads((results / "summary.json").read_text())
     for key in METHODS:
         assert after["methods"][key]["mean"] == before["methods"][key]["mean"]
@@ -170,3 +172,32 @@ def test_retrieval_k_auto_is_chosen_per_fold_by_inner_validation(tmp_path, her2s
     thin += ["--dataset-dir", str(out / "dataset")]
     assert main(thin) == 2
     assert "train on a single section" in capsys.readouterr().err
+
+
+def test_expression_bank_method_retrieves_from_the_other_sections(results, tmp_path, her2st_dir,
+                                                                  gene_lists_dir):
+    """`--expression-bank`: the fold's own mclstexp model (trained once, shared) retrieves from
+    the spot-tower embedding of every other HER2+ section with counts, minus the held-out
+    patient's, with k chosen against that bank on the training sections."""
+    from mclstexp_hub.cli import main
+
+    out = tmp_path / "expr"
+    argv = _argv(out, her2st_dir, gene_lists_dir) + [
+        "--dataset-dir", str(results / "dataset"), "--folds", "0",
+        "--methods", "mclstexp", "mclstexp_expression_bank", "--expression-bank", str(her2st_dir)]
+    assert main(argv) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    bank_sections = summary["settings"]["expression_bank_sections"]
+    assert bank_sections and not {"C3", "C4"} & set(bank_sections)  # no benchmark section
+    ours = summary["methods"]["mclstexp"]["per_fold"][0]["details"]
+    details = summary["methods"]["mclstexp_expression_bank"]["per_fold"][0]["details"]
+    assert details["excluded_patients"] == ["C"]  # held-out C3's patient
+    assert details["bank_sections"] and not any(s.startswith("C") for s in details["bank_sections"])
+    assert set(details["bank_sections"]) < set(bank_sections)
+    assert details["bank_spots"] > ours["train_spots"]
+    selection = details["retrieval_selection"]
+    assert details["k"] == selection["retrieval_k"] in selection["k_grid"]
+    assert selection["sections"] == ["C4"]
+    assert details["train_seconds"] == ours["train_seconds"]  # one training, shared
+    for metric in FOLD_METRICS:
+        assert math.isfinite(summary["methods"]["mclstexp_expression_bank"]["mean"][metric])

@@ -23,6 +23,7 @@ pytest.importorskip("onnxruntime", reason="the onnx extra (onnxruntime) is not i
 
 from mclstexp_hub import MclSTExpModel
 from mclstexp_hub.cli import main
+from mclstexp_hub.models.mclstexp import precision_mclstexp
 from mclstexp_hub.models.mclstexp.onnx_tower_mclstexp import (
     ONNX_TOWER_INFO_FILENAME,
     checkpoint_tower_fingerprint,
@@ -30,7 +31,6 @@ from mclstexp_hub.models.mclstexp.onnx_tower_mclstexp import (
 )
 from mclstexp_hub.models.mclstexp.pixels_mclstexp import scale_pixel_values
 from mclstexp_hub.models.mclstexp.retrieval_mclstexp import SAVED_INDEX_FILENAME
-from mclstexp_hub.models.mclstexp import precision_mclstexp
 from mclstexp_hub.prediction.onnx_runtime import RUNTIME, onnx_predictor, runtime_label
 from mclstexp_hub.prediction.predict import load_pipeline, predict_to_h5ad
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 
+import pytest
 from test_training_helpers import SMALL_ENCODER
 
 from mclstexp_hub import MclSTExpModel
@@ -52,3 +53,44 @@ def test_retrieval_k_auto_needs_two_training_sections(synthetic, tmp_path, capsy
     assert code == 2
     assert "at least 2 training sections" in capsys.readouterr().err
     assert not (tmp_path / "c").exists()
+
+
+def test_selection_against_a_reference_bank_leaves_out_each_sections_patient():
+    """Validating k against a fixed bank (e.g. one built from expression alone): a training
+    section never retrieves from its own patient's bank spots, as a held-out patient is absent
+    from the bank at test time. Here patient P's bank spots are exact copies of P's queries,
+    so any use of them would show; the scores must equal retrieval from patient Q's spots alone."""
+    import numpy as np
+    import torch
+
+    from mclstexp_hub.evaluation.metrics import pearson_per_gene
+    from mclstexp_hub.models.mclstexp.spot_bank_mclstexp import SpotBank
+    from mclstexp_hub.training.select_k import select_retrieval_against_bank
+
+    rng = np.random.default_rng(0)
+    queries = torch.from_numpy(rng.standard_normal((30, 8)).astype(np.float32))
+    observed = rng.random((30, 5)).astype(np.float32)
+    sections = ["s1"] * 15 + ["s2"] * 15  # both of patient P
+    others = torch.from_numpy(rng.standard_normal((40, 8)).astype(np.float32))
+    other_expr = torch.from_numpy(rng.random((40, 5)).astype(np.float32))
+    genes = [f"g{i}" for i in range(5)]
+    bank = SpotBank(torch.cat([queries, others]), torch.cat([torch.from_numpy(observed), other_expr]),
+                    genes, section_ids=["s1"] * 15 + ["s2"] * 15 + ["q1"] * 40,
+                    patient_ids=["P"] * 30 + ["Q"] * 40)
+    selection = select_retrieval_against_bank(bank, queries, observed, sections, ["P"] * 30,
+                                              distance="l1", k_grid=(5, 10, 100),
+                                              weightings=("mean",))
+    assert selection["k_grid"] == [5, 10]  # 100 > the 40 spots left for each section
+    assert selection["retrieval_k"] in (5, 10) and selection["retrieval_weighting"] == "mean"
+    q_only = SpotBank(others, other_expr, genes)
+    for entry in selection["curve"]:
+        for section, score in entry["per_section"].items():
+            rows = [i for i, s in enumerate(sections) if s == section]
+            predicted = q_only.retrieve(queries[rows], entry["k"], "l1", "mean")[0].numpy()
+            r, _ = pearson_per_gene(predicted, observed[rows])
+            assert score == np.nanmean(r)
+    # a bank of the training patients only leaves nothing to validate against
+    own = SpotBank(queries, torch.from_numpy(observed), genes, section_ids=sections,
+                   patient_ids=["P"] * 30)
+    with pytest.raises(ValueError, match="only the training sections' own patients"):
+        select_retrieval_against_bank(own, queries, observed, sections, ["P"] * 30, distance="l1")

@@ -26,6 +26,7 @@ class MethodSettings:
     retrieval_distance: str
     baseline_k: int
     ridge_alpha: str | float
+    expression_bank: str | None = None  # --expression-bank: the folder its sections come from
 
 
 @dataclass
@@ -58,6 +59,11 @@ class FoldContext:
     progress: bool
     checkpoint_dir: str | None = None
     select_retrieval: bool = False  # choose k and weighting by inner CV (--retrieval-k auto)
+    # shared by the fold's methods: the run's own trained model (`_trained`), trained once
+    cache: dict[str, Any] = field(default_factory=dict)
+    # --expression-bank: preprocessed sections (model panel and units) with counts, none of
+    # them a benchmark section; each method keeps those of patients not held out
+    expression_sections: list[Any] | None = None
 
 
 @dataclass
@@ -78,6 +84,9 @@ class Method:
     # whether the method adds anything under these settings (e.g. a frozen-encoder ablation
     # of a profile whose encoder is already frozen would repeat `mclstexp`)
     applies: Callable[[MethodSettings], bool] = lambda settings: True
+    # what the run prints when `applies` is False
+    skip_reason: Callable[[MethodSettings], str] = (
+        lambda settings: f"adds nothing under profile {settings.profile.name}")
 
 
 _METHODS: dict[str, Method] = {}
@@ -90,6 +99,7 @@ def register_method(
     describe: Callable[[MethodSettings], str],
     keeps_checkpoint: bool = False,
     applies: Callable[[MethodSettings], bool] | None = None,
+    skip_reason: Callable[[MethodSettings], str] | None = None,
 ) -> Callable[[Callable[[FoldContext], MethodOutput]], Callable[[FoldContext], MethodOutput]]:
     """Decorator: register `run(ctx) -> MethodOutput` as benchmark method `name`."""
 
@@ -98,7 +108,8 @@ def register_method(
             raise ValueError(f"benchmark method {name!r} is registered twice.")
         _METHODS[name] = Method(name=name, run=run, label=label, describe=describe,
                                 keeps_checkpoint=keeps_checkpoint,
-                                applies=applies or (lambda settings: True))
+                                applies=applies or (lambda settings: True),
+                                **({"skip_reason": skip_reason} if skip_reason else {}))
         return run
 
     return decorator
@@ -127,23 +138,23 @@ def _retrieval_description(s: MethodSettings) -> str:
     return f"retrieval k={s.retrieval_k}, {s.retrieval_weighting} weighting over {s.retrieval_distance} distance"
 
 
-def _train_and_retrieve(ctx: FoldContext, extra_overrides: dict[str, Any],
-                        profile: Any = None) -> MethodOutput:
-    """Train on the fold's training spots, then predict the held-out ones from the bank.
+def _trained(ctx: FoldContext, extra_overrides: dict[str, Any], profile: Any = None):
+    """(model in eval mode, TrainResult, profile, shared) trained on the fold's training spots.
 
     The trained model is used in memory (the object `train_model` returns). With a frozen
-    encoder of the run's profile, training gets the very encoder state that produced the shared
-    cached features, so the cached clean features of the held-out spots are the model's own
-    image features. A different `profile` (an ablation) computes its own features instead.
+    encoder of the run's profile (`shared`), training gets the very encoder state that produced
+    the shared cached features, so the cached clean features are the model's own image
+    features. A different `profile` (an ablation) computes its own features instead. The run's
+    own model (no overrides, the run's profile) is trained once per fold and kept in `ctx.cache`
+    for every method that uses it.
     """
-    import torch
-
-    from mclstexp_hub.training.features import compute_image_features
     from mclstexp_hub.training.trainer import train_model
 
+    key = "mclstexp" if not extra_overrides and profile is None else None
+    if key is not None and key in ctx.cache:
+        return ctx.cache[key]
     prof = profile or ctx.profile
     shared = profile is None and prof.freeze_image_encoder  # the store's features are its own
-    frozen = prof.freeze_image_encoder
     cached = (ctx.features.training_views(ctx.train_rows, prof.include_clean_view)
               if shared and prof.n_feature_views > 0 else None)
     # The feature store already calibrated BatchNorm; training must not re-estimate it.
@@ -156,17 +167,37 @@ def _train_and_retrieve(ctx: FoldContext, extra_overrides: dict[str, Any],
         dataset_metadata=ctx.metadata, progress=ctx.progress,
         select_retrieval=ctx.select_retrieval,
     )
-    model = result.model.eval()
+    trained = (result.model.eval(), result, prof, shared)
+    if key is not None:
+        ctx.cache[key] = trained
+    return trained
+
+
+def _image_embeds(ctx: FoldContext, model: Any, prof: Any, shared: bool, rows: np.ndarray):
+    """Projected image embeddings (fp32) of the clean patches of `rows`."""
+    import torch
+
+    from mclstexp_hub.training.features import compute_image_features
+
     if shared:
-        query_feats = ctx.features.clean[ctx.test_rows]
+        feats = ctx.features.clean[rows]
     else:
-        query_feats = compute_image_features(
-            model, ctx.spots.patches[torch.from_numpy(ctx.test_rows)], 1,
-            progress=ctx.progress, channels_last=prof.channels_last,
-        )[0]
+        feats = compute_image_features(model, ctx.spots.patches[torch.from_numpy(rows)], 1,
+                                       progress=ctx.progress, channels_last=prof.channels_last)[0]
+    with torch.no_grad():
+        return model.get_image_features(image_features=feats.float()).pooler_output.float()
+
+
+def _train_and_retrieve(ctx: FoldContext, extra_overrides: dict[str, Any],
+                        profile: Any = None) -> MethodOutput:
+    """Train on the fold's training spots (`_trained`), then predict the held-out ones from
+    the model's bank (the fold's training spots)."""
+    import torch
+
+    model, result, prof, shared = _trained(ctx, extra_overrides, profile)
+    embeds = _image_embeds(ctx, model, prof, shared, ctx.test_rows)
     k = min(int(model.config.retrieval_k), len(model.spot_bank))
     with torch.no_grad():
-        embeds = model.get_image_features(image_features=query_feats.float()).pooler_output
         prediction = model.predict_expression(image_embeds=embeds, k=k)
     final_loss = next((h["loss"] for h in reversed(result.history) if "loss" in h), None)
     return MethodOutput(
@@ -175,7 +206,8 @@ def _train_and_retrieve(ctx: FoldContext, extra_overrides: dict[str, Any],
                  "retrieval_selection": result.retrieval_selection,
                  "train_spots": result.train_spots, "train_seconds": result.seconds,
                  "final_loss": final_loss, "checkpoint": ctx.checkpoint_dir,
-                 "frozen_encoder": frozen, "image_encoder": model.config.image_encoder,
+                 "frozen_encoder": prof.freeze_image_encoder,
+                 "image_encoder": model.config.image_encoder,
                  "encoder_input_size": model.config.encoder_input_size},
     )
 
@@ -217,6 +249,58 @@ def mclstexp(ctx: FoldContext) -> MethodOutput:
 )
 def frozen_encoder_ablation(ctx: FoldContext) -> MethodOutput:
     return _train_and_retrieve(ctx, {}, profile=frozen_ablation_profile(ctx.profile))
+
+
+# k values tried against an expression bank (it is ~20x the training bank; the default grid
+# stops at 400)
+EXPRESSION_BANK_K_GRID = (25, 50, 100, 200, 400, 800, 1600)
+
+
+@register_method(
+    "mclstexp_expression_bank",
+    label=lambda s: "mclSTExp, expression bank",
+    describe=lambda s: (
+        f"the fold's `mclstexp` model (the same training), its bank replaced by the spot tower's "
+        f"embedding of the sections of {s.expression_bank} that have counts, are no benchmark "
+        "section and belong to no held-out patient (expression + positions, no images); k "
+        f"({'/'.join(map(str, EXPRESSION_BANK_K_GRID))}) and weighting chosen per fold by "
+        "validation on each training section against that bank minus the section's patient"
+    ),
+    applies=lambda s: s.expression_bank is not None,
+    skip_reason=lambda s: "needs --expression-bank DIR (sections with counts to build the bank from)",
+)
+def mclstexp_expression_bank(ctx: FoldContext) -> MethodOutput:
+    from mclstexp_hub.training.bank import build_bank_from_sections
+    from mclstexp_hub.training.select_k import select_retrieval_against_bank
+
+    if not ctx.expression_sections:
+        raise ValueError("mclstexp_expression_bank: no expression sections were loaded "
+                         "(--expression-bank).")
+    patients = {str(k): str(v) for k, v in (ctx.metadata.get("patients") or {}).items()}
+    held_out = {patients.get(str(s), str(s)) for s in ctx.fold.held_out}
+    kept = [a for a in ctx.expression_sections if str(a.obs["patient"].iloc[0]) not in held_out]
+    if not kept:
+        raise ValueError(f"fold {ctx.fold.fold}: every --expression-bank section belongs to a "
+                         f"held-out patient ({sorted(held_out)}); nothing left for the bank.")
+    model, result, prof, shared = _trained(ctx, {})
+    bank = build_bank_from_sections(model, kept, progress=False, attach=False,
+                                    source="benchmark --expression-bank")
+    train_sections = ctx.spot_sections[ctx.train_rows]
+    selection = select_retrieval_against_bank(
+        bank, _image_embeds(ctx, model, prof, shared, ctx.train_rows),
+        ctx.expression[ctx.train_rows], train_sections,
+        [patients.get(str(s), str(s)) for s in train_sections],
+        distance=model.config.retrieval_distance, k_grid=EXPRESSION_BANK_K_GRID)
+    k, weighting = selection["retrieval_k"], selection["retrieval_weighting"]
+    prediction = bank.retrieve(_image_embeds(ctx, model, prof, shared, ctx.test_rows), k,
+                               model.config.retrieval_distance, weighting)[0]
+    return MethodOutput(
+        prediction=prediction.numpy(),
+        details={"k": k, "weighting": weighting, "retrieval_selection": selection,
+                 "bank_spots": len(bank), "bank_sections": list(bank.metadata["sections"]),
+                 "excluded_patients": sorted(held_out), "train_spots": result.train_spots,
+                 "train_seconds": result.seconds},
+    )
 
 
 def _bleep_description(settings: MethodSettings) -> str:

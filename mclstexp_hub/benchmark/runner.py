@@ -78,6 +78,9 @@ class BenchmarkOptions:
     folds: list[int] | None = None
     methods: list[str] = field(default_factory=lambda: list(METHODS))
     keep_checkpoints: bool = False
+    # raw folder of the dataset's reader kind: its sections with counts that are no benchmark
+    # section form the bank of the `mclstexp_expression_bank` method (minus held-out patients)
+    expression_bank: str | None = None
     overwrite: bool = False
     seed: int = 0
     progress: bool = True
@@ -249,6 +252,25 @@ def _fold_summary(fold: Fold, results: list[SectionMetrics], **extra: Any) -> di
 
 
 # -------------------------------------------------------------------------- runner
+def _expression_bank_sections(opts: BenchmarkOptions, meta: dict[str, Any],
+                              gene_names: list[str], sections: list[str]) -> list[Any]:
+    """The `--expression-bank` folder's sections with counts, minus the benchmark's own
+    sections, in the dataset's panel and units (`read_expression_sections`)."""
+    from mclstexp_hub.training.bank import read_expression_sections
+
+    folder = Path(str(opts.expression_bank))
+    if not folder.is_dir():
+        raise FileNotFoundError(f"--expression-bank {folder}: not a folder; pass the raw data "
+                                f"folder of the {opts.dataset} reader (e.g. the her2st data/).")
+    transform = meta.get("transform")
+    if not transform:
+        raise ValueError(f"{opts.dataset_dir or opts.data_dir}: the dataset records no expression "
+                         "transform, so counts cannot be put in its units for --expression-bank.")
+    processed, _ = read_expression_sections(opts.dataset, folder, gene_names, transform,
+                                            exclude_sections=sections)
+    return processed
+
+
 def run_benchmark(opts: BenchmarkOptions) -> dict[str, Any]:
     """Run the benchmark described by `opts`; returns the summary (also written to disk)."""
     from transformers import set_seed
@@ -307,6 +329,9 @@ def run_benchmark(opts: BenchmarkOptions) -> dict[str, Any]:
             "train on a single section; pass a number to --retrieval-k, or choose --folds / "
             "sections so that every fold trains on at least 2 sections."
         )
+    expression_sections = None
+    if opts.expression_bank is not None:  # read once, before any training; refused when empty
+        expression_sections = _expression_bank_sections(opts, meta, gene_names, sections)
     dataset = load_st_dataset(dataset_dir, sections=sections)
     spots = SpotPatchDataset(dataset, progress=progress)
     spot_sections = np.asarray(spots.sections)
@@ -375,12 +400,12 @@ def run_benchmark(opts: BenchmarkOptions) -> dict[str, Any]:
         profile=prof, retrieval_k="auto" if select_k else method_k,
         retrieval_weighting="auto" if select_k else feature_config.retrieval_weighting,
         retrieval_distance=feature_config.retrieval_distance, baseline_k=baseline_k,
-        ridge_alpha=ridge_alpha,
+        ridge_alpha=ridge_alpha, expression_bank=opts.expression_bank,
     )
     method_names = [m for m in opts.methods if methods[m].applies(settings)]
     for m in opts.methods:
         if m not in method_names:
-            print(f"method {m}: adds nothing under profile {prof.name} (skipped)", flush=True)
+            print(f"method {m}: {methods[m].skip_reason(settings)} (skipped)", flush=True)
     if not method_names:
         raise ValueError(f"none of --methods {opts.methods} applies to profile {prof.name}.")
     labels = {name: method.label(settings) for name, method in methods.items()}
@@ -398,6 +423,8 @@ def run_benchmark(opts: BenchmarkOptions) -> dict[str, Any]:
         overrides=base_overrides, bn_calibration=bn_calibration, baseline_k=baseline_k,
         ridge_alpha=ridge_alpha, pretrained_encoder=opts.pretrained_encoder, seed=opts.seed,
         dataset=dataset_id, sections=sections, split=opts.split, version=__version__,
+        # only when given, so that runs without it keep reusing earlier identical results
+        **({"expression_bank": str(opts.expression_bank)} if opts.expression_bank else {}),
     )
     fold_iter = folds_run
     if progress:
@@ -433,6 +460,7 @@ def run_benchmark(opts: BenchmarkOptions) -> dict[str, Any]:
             }
         predictions: dict[str, np.ndarray] = {}
         details: dict[str, dict] = {m: {} for m in method_names}
+        fold_cache: dict[str, Any] = {}  # the fold's own trained model, shared by its methods
         for name in todo:
             t0 = time.perf_counter()
             keep = methods[name].keeps_checkpoint and (
@@ -449,6 +477,7 @@ def run_benchmark(opts: BenchmarkOptions) -> dict[str, Any]:
                 pretrained_encoder=opts.pretrained_encoder, baseline_k=baseline_k,
                 ridge_alpha=ridge_alpha, seed=opts.seed, progress=progress,
                 checkpoint_dir=None if ckpt is None else str(ckpt), select_retrieval=select_k,
+                cache=fold_cache, expression_sections=expression_sections,
             )
             output = methods[name].run(context)
             predictions[name], details[name] = output.prediction, output.details
@@ -520,6 +549,9 @@ def run_benchmark(opts: BenchmarkOptions) -> dict[str, Any]:
             "retrieval_distance": feature_config.retrieval_distance,
             "retrieval_weighting": feature_config.retrieval_weighting,
             "seed": opts.seed,
+            "expression_bank": opts.expression_bank,
+            "expression_bank_sections": (None if expression_sections is None else
+                                         [str(a.obs["section"].iloc[0]) for a in expression_sections]),
             "dataset_dir": str(dataset_dir),
             "allow_dropped_spots": ALLOW_DROPPED_SPOTS if not opts.dataset_dir else None,
         },

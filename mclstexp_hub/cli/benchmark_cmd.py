@@ -70,6 +70,7 @@ def _run(args: argparse.Namespace) -> int:
         folds=args.folds,
         methods=args.methods or list_methods(),
         keep_checkpoints=args.keep_checkpoints,
+        expression_bank=args.expression_bank,
         overwrite=args.overwrite,
         seed=args.seed,
         progress=not args.quiet,
@@ -146,6 +147,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "mclstexp_hub.benchmark.methods)")
     p.add_argument("--keep-checkpoints", action="store_true",
                    help="keep every fold's checkpoint (default: only the first fold's)")
+    p.add_argument("--expression-bank", default=None, metavar="DIR",
+                   help="raw data folder of the dataset's reader (e.g. the her2st data/): its "
+                        "sections with counts that are no benchmark section, minus each fold's "
+                        "held-out patients, form the bank of the mclstexp_expression_bank "
+                        "method (no images needed; default: that method is skipped)")
     add_run_options(p, overwrite="replace a finished RESULTS folder", seed=True)
     p.add_argument("--command-line", default=None, help=argparse.SUPPRESS)
     p.set_defaults(func=_run)

@@ -221,6 +221,46 @@ def build_bank_from_sections(
     )
 
 
+def read_expression_sections(
+    kind: str,
+    data_dir: str | Path,
+    gene_names: Sequence[str],
+    transform: str,
+    sections: Sequence[str] | None = None,
+    *,
+    exclude_sections: Sequence[str] = (),
+    exclude_patients: Sequence[str] = (),
+    fill_missing: bool = False,
+) -> tuple[list[Any], dict[str, Any]]:
+    """Sections with counts + spot positions (no images needed), read by reader `kind` and
+    preprocessed to `gene_names` in `transform`: (processed AnnDatas, dropped-spot notes).
+
+    Sections default to every section the reader lists, with or without an image."""
+    from ..data.preprocess import preprocess_sections
+    from ..data.readers import reader_factory
+
+    reader = reader_factory(kind)
+    names = list(sections) if sections else reader.list_sections(data_dir)
+    if exclude_sections:
+        names = [s for s in names if s not in set(exclude_sections)]
+    if not names:
+        raise ValueError(f"{data_dir}: no {kind} section left to read.")
+    adatas = reader.read(data_dir, names)
+    if exclude_patients:
+        drop = set(map(str, exclude_patients))
+        adatas = [a for a in adatas if str(a.obs["patient"].iloc[0]) not in drop]
+    if not adatas:
+        raise ValueError(f"{data_dir}: no {kind} section left for the bank.")
+    dropped = {}
+    for a in adatas:
+        info = next(iter(a.uns["spatial"].values()))["metadata"].get("dropped_spots") or {}
+        if info.get("spots_without_counts") or info.get("counts_without_spot"):
+            dropped[str(a.obs["section"].iloc[0])] = info
+    processed = preprocess_sections(adatas, list(gene_names), transform, fill_missing,
+                                    gene_panel_source="the checkpoint's gene_names")
+    return processed, dropped
+
+
 def build_bank_from_expression(
     model: Any,
     kind: str,
@@ -239,34 +279,19 @@ def build_bank_from_expression(
 
     `kind` is a reader (`reader_factory`); sections default to every section the reader lists,
     with or without an image. Expression is preprocessed with `config.gene_names` and
-    `config.expression_transform`, then embedded as `build_bank_from_sections`.
+    `config.expression_transform` (`read_expression_sections`), then embedded as
+    `build_bank_from_sections`.
     """
-    from ..data.preprocess import preprocess_sections
-    from ..data.readers import reader_factory
-
     transform = model.config.expression_transform
     if not transform:
         raise ValueError(
             "The checkpoint records no expression_transform, so expression from counts cannot "
             "be put in its units; build the bank from a patch dataset (--dataset) instead."
         )
-    reader = reader_factory(kind)
-    names = list(sections) if sections else reader.list_sections(data_dir)
-    if exclude_sections:
-        names = [s for s in names if s not in set(exclude_sections)]
-    adatas = reader.read(data_dir, names)
-    if exclude_patients:
-        drop = set(map(str, exclude_patients))
-        adatas = [a for a in adatas if str(a.obs["patient"].iloc[0]) not in drop]
-    if not adatas:
-        raise ValueError(f"{data_dir}: no {kind} section left for the bank.")
-    dropped = {}
-    for a in adatas:
-        info = next(iter(a.uns["spatial"].values()))["metadata"].get("dropped_spots") or {}
-        if info.get("spots_without_counts") or info.get("counts_without_spot"):
-            dropped[str(a.obs["section"].iloc[0])] = info
-    processed = preprocess_sections(adatas, list(model.config.gene_names), transform,
-                                    fill_missing, gene_panel_source="the checkpoint's gene_names")
+    processed, dropped = read_expression_sections(
+        kind, data_dir, model.config.gene_names, transform, sections,
+        exclude_sections=exclude_sections, exclude_patients=exclude_patients,
+        fill_missing=fill_missing)
     bank = build_bank_from_sections(
         model, processed, batch_size, progress, source=f"{kind}:{data_dir}", attach=attach,
         built_with="mclstexp_hub.training.bank.build_bank_from_expression", precision=precision,
@@ -285,4 +310,5 @@ __all__ = [
     "build_bank_from_expression",
     "build_bank_from_sections",
     "check_dataset_genes",
+    "read_expression_sections",
 ]

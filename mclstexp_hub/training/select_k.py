@@ -60,8 +60,6 @@ def select_retrieval_by_inner_cv(
     Returns a JSON-ready dict: the grid, the per-section and mean score of every (k, weighting),
     and the chosen `retrieval_k` / `retrieval_weighting`.
     """
-    from ..evaluation.metrics import pearson_per_gene
-
     sections = np.asarray([str(s) for s in spots.sections])
     names = list(dict.fromkeys(sections.tolist()))
     if len(names) < 2:
@@ -87,15 +85,77 @@ def select_retrieval_by_inner_cv(
             [patients[i] for i in train] if patients else [], batch_size=batch_size,
             progress=False, attach=False, built_with="inner validation fold",
         )
-        _, order = bank.search(queries[test], max(grid))  # sorted by similarity
-        observed = expression[test].numpy()
-        for weighting in weightings:
-            for k in grid:
-                predicted = bank.retrieve(queries[test], k, distance, weighting,
-                                          indices=order[:, :k])[0].numpy()
-                r, _ = pearson_per_gene(predicted, observed)
-                value = float(np.nanmean(r)) if np.isfinite(r).any() else float("nan")
-                scores[weighting].setdefault(str(k), {})[left_out] = value
+        _score_left_out(bank, queries[test], expression[test].numpy(), left_out, grid,
+                        weightings, distance, scores)
+    return _choose(scores, grid, weightings, names, distance, method=(
+        "leave-one-training-section-out; bank = the other training sections' spots "
+        f"(spot tower, runs of {batch_size} in dataset order); queries = the left-out "
+        "section's clean patches; score = mean per-gene Pearson r (PCC ACG)"))
+
+
+def select_retrieval_against_bank(
+    bank: Any,
+    queries: torch.Tensor,
+    observed: np.ndarray,
+    sections: Sequence[str],
+    patients: Sequence[str],
+    *,
+    distance: str,
+    k_grid: Sequence[int] = DEFAULT_K_GRID,
+    weightings: Sequence[str] = DEFAULT_WEIGHTINGS,
+) -> dict[str, Any]:
+    """k and weighting for retrieval from a fixed reference `bank` (e.g. one built from
+    expression alone), validated on the training spots: for each training section in turn,
+    its `queries` (projected image embeddings, (N, D)) retrieve from the bank's spots of other
+    patients than the section's own — as a held-out patient is absent from the bank at test
+    time — and are scored against `observed` (N, G) by mean per-gene Pearson r. Same grid,
+    argmax and record as `select_retrieval_by_inner_cv`."""
+    from ..models.mclstexp.spot_bank_mclstexp import SpotBank
+
+    sections = np.asarray([str(s) for s in sections])
+    patients = np.asarray([str(p) for p in patients])
+    names = list(dict.fromkeys(sections.tolist()))
+    bank_patients = np.asarray([str(p) for p in bank.patient_ids])
+    if len(bank_patients) != len(bank):
+        raise ValueError("retrieval selection against a bank needs the bank's patient ids.")
+    keeps = {s: np.flatnonzero(bank_patients != patients[sections == s][0]) for s in names}
+    smallest_bank = min(len(keep) for keep in keeps.values())
+    if smallest_bank == 0:
+        raise ValueError("the reference bank holds only the training sections' own patients; "
+                         "validation against it would have an empty bank.")
+    grid = sorted({int(k) for k in k_grid if int(k) <= smallest_bank}) or [smallest_bank]
+    queries = torch.as_tensor(queries, dtype=torch.float32)
+    scores: dict[str, dict[str, dict[str, float]]] = {w: {} for w in weightings}
+    for left_out in names:
+        rows, keep = np.flatnonzero(sections == left_out), keeps[left_out]
+        others = SpotBank(bank.embeddings[keep], bank.expression[keep], bank.gene_names)
+        _score_left_out(others, queries[rows], np.asarray(observed)[rows], left_out, grid,
+                        weightings, distance, scores)
+    return _choose(scores, grid, weightings, names, distance, method=(
+        f"each training section's clean patches retrieve from the reference bank ({len(bank)} "
+        "spots) minus that section's patient; score = mean per-gene Pearson r (PCC ACG)"))
+
+
+def _score_left_out(bank: Any, queries: torch.Tensor, observed: np.ndarray, left_out: str,
+                    grid: Sequence[int], weightings: Sequence[str], distance: str,
+                    scores: dict[str, dict[str, dict[str, float]]]) -> None:
+    """Score every (k, weighting) of the grid for one left-out section, into `scores`."""
+    from ..evaluation.metrics import pearson_per_gene
+
+    _, order = bank.search(queries, max(grid))  # sorted by similarity
+    for weighting in weightings:
+        for k in grid:
+            predicted = bank.retrieve(queries, k, distance, weighting,
+                                      indices=order[:, :k])[0].numpy()
+            r, _ = pearson_per_gene(predicted, observed)
+            value = float(np.nanmean(r)) if np.isfinite(r).any() else float("nan")
+            scores[weighting].setdefault(str(k), {})[left_out] = value
+
+
+def _choose(scores: dict[str, dict[str, dict[str, float]]], grid: Sequence[int],
+            weightings: Sequence[str], names: list[str], distance: str,
+            method: str) -> dict[str, Any]:
+    """The curve (mean over left-out sections) and its argmax, as a JSON-ready record."""
     curve = []
     for weighting in weightings:
         for k in grid:
@@ -112,11 +172,9 @@ def select_retrieval_by_inner_cv(
     best = max(finite, key=lambda c: (c["mean_pcc_acg"], -c["k"],
                                       -list(weightings).index(c["weighting"])))
     return {
-        "method": "leave-one-training-section-out; bank = the other training sections' spots "
-                  f"(spot tower, runs of {batch_size} in dataset order); queries = the left-out "
-                  "section's clean patches; score = mean per-gene Pearson r (PCC ACG)",
+        "method": method,
         "distance": distance,
-        "k_grid": grid,
+        "k_grid": list(grid),
         "weightings": list(weightings),
         "sections": names,
         "curve": curve,
@@ -126,4 +184,5 @@ def select_retrieval_by_inner_cv(
     }
 
 
-__all__ = ["DEFAULT_K_GRID", "DEFAULT_WEIGHTINGS", "select_retrieval_by_inner_cv"]
+__all__ = ["DEFAULT_K_GRID", "DEFAULT_WEIGHTINGS", "select_retrieval_against_bank",
+           "select_retrieval_by_inner_cv"]
