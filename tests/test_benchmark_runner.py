@@ -129,6 +129,10 @@ def test_runner_refuses_bad_requests(results):
     with pytest.raises(ValueError, match="not in the dataset"):
         run_benchmark(BenchmarkOptions(out=str(results / "q"), sections=["B4", "C3"],
                                        dataset_dir=str(results / "dataset"), progress=False))
+    with pytest.raises(FileNotFoundError, match="--expression-bank"):
+        run_benchmark(BenchmarkOptions(out=str(results / "e"), expression_bank=str(results / "nowhere"),
+                                       dataset_dir=str(results / "dataset"), progress=False))
+    assert not (results / "e").exists()  # refused before anything is written
 
 
 def test_rerun_reuses_identical_fold_results(results, her2st_dir, gene_lists_dir, capsys):

@@ -259,9 +259,6 @@ def _expression_bank_sections(opts: BenchmarkOptions, meta: dict[str, Any],
     from mclstexp_hub.training.bank import read_expression_sections
 
     folder = Path(str(opts.expression_bank))
-    if not folder.is_dir():
-        raise FileNotFoundError(f"--expression-bank {folder}: not a folder; pass the raw data "
-                                f"folder of the {opts.dataset} reader (e.g. the her2st data/).")
     transform = meta.get("transform")
     if not transform:
         raise ValueError(f"{opts.dataset_dir or opts.data_dir}: the dataset records no expression "
@@ -298,6 +295,10 @@ def run_benchmark(opts: BenchmarkOptions) -> dict[str, Any]:
         raise ValueError(f"--encoder-input-size must be an integer of at least 16 px; got {size!r}.")
     # resolved (unknown values refused) before any work; None: the profile's own flag
     bf16 = None if opts.precision is None else resolve_precision(opts.precision, "cpu") == "bf16"
+    if opts.expression_bank is not None and not Path(str(opts.expression_bank)).is_dir():
+        raise FileNotFoundError(f"--expression-bank {opts.expression_bank}: not a folder; pass "
+                                f"the raw data folder of the {opts.dataset} reader (e.g. the "
+                                "her2st data/).")
     out = Path(opts.out)
     if (out / "summary.json").exists() and not opts.overwrite:
         raise FileExistsError(
@@ -461,7 +462,9 @@ def run_benchmark(opts: BenchmarkOptions) -> dict[str, Any]:
         predictions: dict[str, np.ndarray] = {}
         details: dict[str, dict] = {m: {} for m in method_names}
         fold_cache: dict[str, Any] = {}  # the fold's own trained model, shared by its methods
-        for name in todo:
+        # methods that keep their checkpoint first: the shared model is then trained by the
+        # one that writes it, whatever the order of --methods
+        for name in sorted(todo, key=lambda m: not methods[m].keeps_checkpoint):
             t0 = time.perf_counter()
             keep = methods[name].keeps_checkpoint and (
                 opts.keep_checkpoints or fold.fold == folds_run[0].fold)
