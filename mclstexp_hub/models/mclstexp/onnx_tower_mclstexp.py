@@ -126,6 +126,12 @@ def _tower_graph(model: Any):
     return _TowerGraph(model)
 
 
+def _missing_runtime(name: str) -> str:
+    """What to say when the runtime package `name` is not installed, with the fix."""
+    return (f"{name} is not installed; `pip install 'mclstexp-hub[onnx]'` (onnxruntime, onnx, "
+            "onnxscript, openvino) or use --backend torch.")
+
+
 def _require_runtime(name: str):
     """Import the runtime package `name` ("onnxruntime" or "openvino"), or raise with the fix."""
     import importlib
@@ -133,10 +139,7 @@ def _require_runtime(name: str):
     try:
         return importlib.import_module(name)
     except ImportError as exc:
-        raise ImportError(
-            f"{name} is not installed; `pip install 'mclstexp-hub[onnx]'` (onnxruntime, onnx, "
-            "onnxscript, openvino) or use --backend torch."
-        ) from exc
+        raise ImportError(_missing_runtime(name)) from exc
 
 
 def _threads(threads: int | None = None) -> int:
@@ -308,12 +311,9 @@ def attach_onnx_tower(model: Any, folder: str | os.PathLike, backend: str = "aut
         return {"image_tower_backend": "torch"}
     wanted = EXPORT_BACKENDS if backend == "auto" else (backend,)
     if not any(runtime_installed(name) for name in wanted):
-        try:
-            _require_runtime(wanted[0])
-        except ImportError as exc:
-            if backend != "auto":
-                raise
-            return {"image_tower_backend": "torch", "image_tower_backend_note": str(exc)}
+        if backend != "auto":
+            raise ImportError(_missing_runtime(backend))
+        return {"image_tower_backend": "torch", "image_tower_backend_note": _missing_runtime(wanted[0])}
     tower, why = load_onnx_tower(model, folder, backend)
     if tower is None:
         if backend != "auto":

@@ -66,8 +66,10 @@ EXPORT_BACKENDS: tuple[str, ...] = ("onnxruntime", "openvino")
 BACKENDS: tuple[str, ...] = ("auto", "torch", *EXPORT_BACKENDS)  # `--backend` choices
 
 
+@functools.cache
 def runtime_installed(name: str) -> bool:
-    """Whether the runtime package `name` can be imported (looked up, not imported)."""
+    """Whether the runtime package `name` can be imported (looked up once, not imported: the
+    pipeline asks for every batch)."""
     import importlib.util
 
     return importlib.util.find_spec(name) is not None
