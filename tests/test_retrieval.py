@@ -75,6 +75,27 @@ def test_bank_predict_matches_brute_force(random_bank, distance, weighting):
     np.testing.assert_allclose(whole.numpy(), chunked.numpy(), rtol=1e-6, atol=1e-7)
 
 
+@pytest.mark.parametrize("distance", DISTANCES)
+def test_retrieval_blocks_and_threads_do_not_change_the_answer(random_bank, monkeypatch, distance):
+    """Query blocks of 1-3 queries spread over threads give the one-block answer (and brute force)."""
+    from mclstexp_hub.models.mclstexp import retrieval_mclstexp as core
+
+    bank, queries = random_bank
+    args = (queries.numpy(), bank.embeddings.numpy(), bank.expression.numpy(), 9, distance,
+            "inverse_square")
+    whole = core.retrieve_arrays(*args, return_neighbour_spread=True)
+    monkeypatch.setattr(core, "GATHER_BLOCK_BYTES", 2 * 9 * bank.n_genes * 4)  # 2 queries
+    monkeypatch.setattr(core, "_threads", lambda: 3)
+    blocked = core.retrieve_arrays(*args, return_neighbour_spread=True)
+    for a, b in zip(whole, blocked):
+        np.testing.assert_array_equal(a, b)
+    _, ref_idx, ref_w, ref = brute_force(bank.embeddings, bank.expression, queries, 9, distance,
+                                         "inverse_square")
+    np.testing.assert_array_equal(blocked[1], ref_idx)
+    np.testing.assert_allclose(blocked[2], ref_w, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(blocked[0], ref, rtol=1e-4, atol=1e-5)
+
+
 @pytest.mark.parametrize(("distance", "weighting"), list(itertools.product(DISTANCES, WEIGHTINGS)))
 def test_model_predict_expression_from_embeddings(random_bank, tiny_model, distance, weighting):
     bank, queries = random_bank

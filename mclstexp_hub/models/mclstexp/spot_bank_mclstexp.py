@@ -21,7 +21,6 @@ import torch
 
 from .retrieval_mclstexp import (
     BANK_FORMAT,
-    QUERY_BLOCK,
     SPOT_BANK_FILENAME,
     check_bank_arrays,
     check_bank_serves,
@@ -146,8 +145,8 @@ class SpotBank:
 
         Neighbours come from exact chunked cosine search, from `searcher` (any object with
         `search(queries, k) -> (similarities, indices)`, e.g. a FAISS index built from this bank)
-        or from precomputed `indices`. Weights and the weighted mean are computed here, in
-        query blocks of `QUERY_BLOCK`, so the (Q, k, D) neighbour tensor stays bounded.
+        or from precomputed `indices`. Weights and the weighted mean are computed in bounded
+        query blocks (`retrieve_arrays`), so the gathered neighbours never grow with Q.
         """
         queries = torch.as_tensor(queries, dtype=torch.float32)
         if queries.ndim != 2 or queries.shape[1] != self.embedding_dim:
