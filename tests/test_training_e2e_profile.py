@@ -125,8 +125,29 @@ def test_cpu_e2e_profile_trains_the_image_tower_and_records_its_choices(syntheti
     info = json.loads((tmp_path / "ckpt" / "training_info.json").read_text())
     assert info["profile"]["augmentation"] == "batch"
     assert info["profile"]["encoder_input_size"] == 32
+    # checkpointing left to auto: on for a tower trained from pixels on a CPU, and recorded
+    cuda = torch.cuda.is_available()
+    assert info["grad_checkpointing"]["requested"] == "auto"
+    assert info["grad_checkpointing"]["enabled"] is (not cuda) is info["profile"]["grad_checkpointing"]
+    assert model.gradient_checkpointing is (not cuda)
     loaded = MclSTExpModel.from_pretrained(tmp_path / "ckpt")
     assert loaded.config.encoder_input_size == 32
+
+
+def test_grad_checkpointing_auto_is_on_only_for_a_tower_trained_from_pixels_on_cpu():
+    e2e = get_profile("cpu-e2e")
+    assert e2e.grad_checkpointing is None  # auto
+    assert e2e.grad_checkpointing_choice(cuda=False)[0] is True
+    assert e2e.grad_checkpointing_choice(cuda=True)[0] is False
+    assert get_profile("cpu").grad_checkpointing_choice(cuda=False)[0] is False  # frozen tower
+    assert get_profile("cpu-ft").grad_checkpointing_choice(cuda=False)[0] is False  # cached trunk
+    on, why = e2e.replace(micro_batch=8).grad_checkpointing_choice(cuda=False)
+    assert on is False and "--micro-batch 8" in why
+    # an explicit value is used as given, on either device
+    for value in (True, False):
+        for cuda in (True, False):
+            assert e2e.replace(grad_checkpointing=value).grad_checkpointing_choice(cuda) == (
+                value, "given explicitly")
 
 
 def test_frozen_ablation_keeps_the_profiles_encoder_and_freezes_it():

@@ -172,7 +172,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="same as --precision bf16 / fp32 (kept for old scripts)")
     p.add_argument(
         "--grad-checkpointing", action=argparse.BooleanOptionalAction, default=None,
-        help="recompute activations in the backward pass (less memory, more time)",
+        help="recompute the image tower's activations in the backward pass (less memory, "
+             "some recomputation). Default: auto, on where the tower trains from pixels on "
+             "a CPU and off on CUDA or with a frozen/cached tower or --micro-batch "
+             "(recorded in training_info.json)",
     )
     p.add_argument(
         "--micro-batch", type=int, default=None, metavar="N",

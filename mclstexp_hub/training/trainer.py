@@ -482,6 +482,9 @@ def train_model(
         freeze_image_encoder=freeze_image_encoder,
         seed=seed,
     )
+    grad_checkpointing_requested = prof.grad_checkpointing
+    checkpointing, checkpointing_reason = prof.grad_checkpointing_choice(torch.cuda.is_available())
+    prof = prof.replace(grad_checkpointing=checkpointing)
     if prof.micro_batch is not None and world_size > 1:
         raise ValueError(
             f"--micro-batch runs in one process; under torchrun / accelerate launch "
@@ -729,6 +732,9 @@ def train_model(
                     int(cached_features.shape[0]) if cached_features is not None else stage_views),
                 "cached_feature_stage": stage,  # None: pooled features (or none cached)
                 "trainable_parameters": trainable_parameters,
+                "grad_checkpointing": {"requested": (
+                    "auto" if grad_checkpointing_requested is None else grad_checkpointing_requested),
+                    "enabled": prof.grad_checkpointing, "reason": checkpointing_reason},
                 "world_size": world_size,
                 "global_batch_size": prof.batch_size * world_size,
                 "pretrained_encoder": (
