@@ -90,7 +90,9 @@ def select_retrieval_by_inner_cv(
     return _choose(scores, grid, weightings, names, distance, method=(
         "leave-one-training-section-out; bank = the other training sections' spots "
         f"(spot tower, runs of {batch_size} in dataset order); queries = the left-out "
-        "section's clean patches; score = mean per-gene Pearson r (PCC ACG)"))
+        "section's clean patches; score = mean per-gene Pearson r (PCC ACG)"),
+        all_nan="--retrieval-k auto: every validation score is NaN (constant predictions); "
+                "pass a number to --retrieval-k.")
 
 
 def select_retrieval_against_bank(
@@ -133,7 +135,9 @@ def select_retrieval_against_bank(
                         weightings, distance, scores)
     return _choose(scores, grid, weightings, names, distance, method=(
         f"each training section's clean patches retrieve from the reference bank ({len(bank)} "
-        "spots) minus that section's patient; score = mean per-gene Pearson r (PCC ACG)"))
+        "spots) minus that section's patient; score = mean per-gene Pearson r (PCC ACG)"),
+        all_nan="choosing k against the reference bank: every validation score is NaN "
+                "(constant predictions); check that the bank's expression varies across spots.")
 
 
 def _score_left_out(bank: Any, queries: torch.Tensor, observed: np.ndarray, left_out: str,
@@ -154,8 +158,10 @@ def _score_left_out(bank: Any, queries: torch.Tensor, observed: np.ndarray, left
 
 def _choose(scores: dict[str, dict[str, dict[str, float]]], grid: Sequence[int],
             weightings: Sequence[str], names: list[str], distance: str,
-            method: str) -> dict[str, Any]:
-    """The curve (mean over left-out sections) and its argmax, as a JSON-ready record."""
+            method: str, all_nan: str) -> dict[str, Any]:
+    """The curve (mean over left-out sections) and its argmax, as a JSON-ready record.
+
+    `all_nan`: the error's text when no score is finite (who chose, and the way out)."""
     curve = []
     for weighting in weightings:
         for k in grid:
@@ -166,8 +172,7 @@ def _choose(scores: dict[str, dict[str, dict[str, float]]], grid: Sequence[int],
                           "per_section": per_section})
     finite = [c for c in curve if np.isfinite(c["mean_pcc_acg"])]
     if not finite:
-        raise ValueError("--retrieval-k auto: every validation score is NaN (constant predictions); "
-                         "pass a number to --retrieval-k.")
+        raise ValueError(all_nan)
     # argmax; ties go to the smaller k, then to the weighting listed first
     best = max(finite, key=lambda c: (c["mean_pcc_acg"], -c["k"],
                                       -list(weightings).index(c["weighting"])))
