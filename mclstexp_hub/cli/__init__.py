@@ -20,6 +20,7 @@ import sys
 _COMMAND_MODULES: dict[str, str] = {
     "data": "data_cmd",
     "train": "train_cmd",
+    "pretrain": "pretrain_cmd",
     "bank": "bank_cmd",
     "evaluate": "evaluate_cmd",
     "benchmark": "benchmark_cmd",

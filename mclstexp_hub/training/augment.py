@@ -42,13 +42,21 @@ class BatchAugmenter:
     Factors follow torchvision's ColorJitter definitions (brightness scales, contrast blends
     with the patch's mean grey, saturation blends with the pixel's grey; clipped to [0, 255]),
     applied in a fixed order. Randomness comes from torch's global RNG (seeded runs repeat).
+    `jitter`: the factors are drawn from [1 - jitter, 1 + jitter] (0 = no colour change; None =
+    `JITTER`, the reference's 0.5).
     """
+
+    def __init__(self, jitter: float | None = None) -> None:
+        if jitter is not None and not 0.0 <= jitter < 1.0:
+            raise ValueError(f"colour jitter must be in [0, 1); got {jitter!r}.")
+        self.jitter = jitter  # None: the module's JITTER, read at each call
 
     def __call__(self, patches: torch.Tensor) -> torch.Tensor:
         _check_patches(patches)
         n = patches.shape[0]
         x = patches.float()
-        low, high = 1.0 - JITTER, 1.0 + JITTER
+        strength = JITTER if self.jitter is None else self.jitter
+        low, high = 1.0 - strength, 1.0 + strength
 
         def factors() -> torch.Tensor:
             return torch.empty(n, 1, 1, 1).uniform_(low, high)

@@ -38,6 +38,7 @@ from ..models.mclstexp.modeling_mclstexp import MclSTExpModel
 from .bank import build_bank_from_dataset, check_dataset_genes
 from .features import compute_image_features, recalibrate_batchnorm
 from .profiles import DATASET_PRESETS, PROFILE_NAMES, TrainProfile, get_profile
+from .ssl_pretrain import pretraining_record
 from .torch_dataset import CachedFeatureDataset, SpotCollator, SpotPatchDataset
 
 logger = logging.getLogger(__name__)
@@ -128,6 +129,16 @@ def load_pretrained_encoder(model: MclSTExpModel, source: str | Mapping[str, tor
     `classifier.*` is ignored) or a timm Hub id such as "timm/densenet121.tv_in1k".
     """
     target = model.image_encoder.model
+    record = pretraining_record(source)
+    if record is not None:
+        pretrained_at = record["settings"]["encoder_input_size"] or record["settings"]["window"]
+        sees = model.config.encoder_input_size or model.config.patch_size
+        if pretrained_at != sees:
+            raise ValueError(
+                f"--pretrained-encoder {source}: pretrained on {pretrained_at} px views (`mclstexp "
+                f"pretrain`), but this model's encoder sees {sees} px; pass "
+                f"--encoder-input-size {pretrained_at}."
+            )
     if isinstance(source, Mapping):
         state = dict(source)
         source = "the given state dict"
@@ -741,6 +752,8 @@ def train_model(
                     "a state dict given in memory" if isinstance(pretrained_encoder, Mapping)
                     else pretrained_encoder
                 ),
+                # the self-supervised run behind it (`mclstexp pretrain`), when it is one
+                "pretrained_encoder_record": pretraining_record(pretrained_encoder),
                 "bank": dict(bank.metadata),
                 "retrieval_k": model.config.retrieval_k,
                 "retrieval_weighting": model.config.retrieval_weighting,
