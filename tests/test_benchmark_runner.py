@@ -81,6 +81,7 @@ def test_tables_reports_and_figures_are_written(results):
     md = (results / "summary.md").read_text()
     assert "## Reported in the paper (not measured here)" in md
     measured, paper = md.split("## Reported in the paper")
+    assert "## Mean over held-out sections (2 sections: C3, C4)" in measured
     assert "0.2304" not in measured and "0.2304" in paper  # never mixed
     table = pd.read_csv(results / "summary.csv")
     assert set(table["method"]) == set(METHODS)

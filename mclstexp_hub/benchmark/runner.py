@@ -114,9 +114,15 @@ def machine_description() -> str:
 
 
 def profile_description(prof, paper_prof, bn_calibration: str, image_encoder: str,
-                        pretrained_encoder: str | None, n_sections: int) -> str:
-    """How this run's training differs from the paper's, generated from the actual settings."""
-    encoder = f"{image_encoder} " + (
+                        pretrained_encoder: str | None, n_sections: int,
+                        feature_input_size: int | None = None,
+                        explicit_encoder: str | None = None) -> str:
+    """How this run's training differs from the paper's, generated from the actual settings.
+
+    `image_encoder` / `feature_input_size`: the frozen-feature model's encoder and input size
+    (None = as cut); `explicit_encoder`: --image-encoder when given (it overrides a profile's)."""
+    at = f" at {feature_input_size} px" if feature_input_size else ""
+    encoder = f"{image_encoder}{at} " + (
         f"with weights from {pretrained_encoder}" if pretrained_encoder else "randomly initialised"
     )
     parts = []
@@ -141,14 +147,14 @@ def profile_description(prof, paper_prof, bn_calibration: str, image_encoder: st
             f"use the whole frozen {image_encoder}"
         )
     else:
-        own = prof.image_encoder or image_encoder.split(" ")[0]
+        own = explicit_encoder or prof.image_encoder or image_encoder
         size = (f" at {prof.encoder_input_size} px (patches resampled from the cut)"
                 if prof.encoder_input_size else "")
         own_encoder = f"{own}{size} " + (
             f"with weights from {pretrained_encoder}" if pretrained_encoder else "randomly initialised")
         parts.append(f"end-to-end training of the image encoder ({own_encoder}) as in the paper, "
                      f"{prof.augmentation} augmentation per step; frozen-feature baselines use "
-                     f"{encoder}")
+                     f"{encoder}{'' if at else ' on the patches as cut'}")
     parts.append(
         f"{prof.epochs} epochs (paper {paper_prof.epochs}), learning rate {prof.learning_rate:g} "
         f"(paper {paper_prof.learning_rate:g}), batch {prof.batch_size} (paper "
@@ -362,10 +368,17 @@ def run_benchmark(opts: BenchmarkOptions) -> dict[str, Any]:
             raise ValueError(f"--retrieval-k must be a positive integer or 'auto'; got {opts.retrieval_k!r}.")
         base_overrides["retrieval_k"] = int(opts.retrieval_k)
 
-    # Frozen-feature model: the same config and seed as the models train_model builds.
+    # Frozen-feature model: the same config and seed as the models train_model builds. Where
+    # the profile's tower is frozen (wholly or through a stage), its input size is the
+    # features' too: a frozen profile trains on these very features, so they must be its
+    # encoder's. An end-to-end profile's baselines keep the encoder as cut.
     set_seed(opts.seed)
+    feature_overrides = dict(base_overrides)
+    if prof.encoder_input_size is not None and (
+            prof.freeze_image_encoder or prof.cache_stage is not None):
+        feature_overrides["encoder_input_size"] = prof.encoder_input_size
     feature_config = build_training_config(
-        gene_names, dataset_preset=opts.dataset, config_overrides=base_overrides,
+        gene_names, dataset_preset=opts.dataset, config_overrides=feature_overrides,
         positions=spots.positions, expression_transform=meta.get("transform"),
         expression_units=meta.get("units"),
     )
@@ -393,7 +406,8 @@ def run_benchmark(opts: BenchmarkOptions) -> dict[str, Any]:
     )
     description = profile_description(
         prof, paper_prof, bn_calibration, feature_config.image_encoder, opts.pretrained_encoder,
-        len(sections),
+        len(sections), feature_input_size=feature_config.encoder_input_size,
+        explicit_encoder=opts.image_encoder,
     )
     print(f"profile {prof.name}: {description}", flush=True)
 
