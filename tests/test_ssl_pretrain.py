@@ -31,8 +31,9 @@ from mclstexp_hub.training.trainer import load_pretrained_encoder
 
 
 def _settings(patch: int, **changes) -> SSLSettings:
-    values = dict(image_encoder="resnet10t", encoder_input_size=32, window=patch, pitch=patch // 2,
-                  epochs=1, batch_size=8, max_tiles=16, learning_rate=1e-3)
+    values = {"image_encoder": "resnet10t", "encoder_input_size": 32, "window": patch,
+              "pitch": patch // 2, "epochs": 1, "batch_size": 8, "max_tiles": 16,
+              "learning_rate": 1e-3}
     values.update(changes)
     return SSLSettings(**values)
 
@@ -119,7 +120,7 @@ def test_training_from_a_pretrained_tower_records_its_pretraining(synthetic, tmp
     settings = _settings(synthetic.patch_size)
     state, record = pretrain_tower([synthetic.image], settings, sections=["B1"], progress=False)
     path = save_pretrained_tower(state, record, tmp_path / "tower.safetensors")
-    spots = SpotPatchDataset(load_st_dataset(synthetic.dataset))
+    spots = SpotPatchDataset(load_st_dataset(synthetic.dataset, sections=["A1"]))
     prof = get_profile("cpu").replace(epochs=1, batch_size=16, n_feature_views=1)
     result = train_model(spots, synthetic.genes, tmp_path / "ckpt", profile=prof,
                          config_overrides={"image_encoder": "resnet10t", "retrieval_k": 8,
@@ -133,6 +134,35 @@ def test_training_from_a_pretrained_tower_records_its_pretraining(synthetic, tmp
     assert info["pretrained_encoder"] == str(path)
     assert info["pretrained_encoder_record"]["tiles"] == record["tiles"]
     assert info["pretrained_encoder_record"]["settings"] == record["settings"]
+
+    # B1 is not in the bank, but its tiles pretrained the tower: evaluate refuses it as held out
+    from mclstexp_hub.evaluation.evaluate import evaluate_checkpoint
+
+    with pytest.raises(ValueError, match=r"\['B1'\].*pretrained on their tissue tiles"):
+        evaluate_checkpoint(tmp_path / "ckpt", synthetic.dataset, ["B1"], tmp_path / "eval",
+                            progress=False, precision="fp32")
+    assert not (tmp_path / "eval").exists()
+    results, _ = evaluate_checkpoint(tmp_path / "ckpt", synthetic.dataset, ["B1"],
+                                     tmp_path / "eval", progress=False, precision="fp32",
+                                     allow_bank_overlap=True, n_map_genes=0)
+    assert [r.section for r in results] == ["B1"]
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert metrics["sections_seen_by_pretraining"] == ["B1"]
+
+
+def test_benchmark_refuses_a_tower_pretrained_on_a_held_out_section(synthetic, tmp_path, capsys):
+    settings = _settings(synthetic.patch_size)
+    state, record = pretrain_tower([synthetic.image], settings, sections=["B1"], progress=False)
+    path = save_pretrained_tower(state, record, tmp_path / "tower.safetensors")
+    args = ["benchmark", "her2st", "--dataset-dir", str(synthetic.dataset), "--profile", "cpu",
+            "--image-encoder", "resnet10t", "--encoder-input-size", "32", "--epochs", "1",
+            "--pretrained-encoder", str(path), "--methods", "topk_mean_frozen", "--quiet",
+            "--out", str(tmp_path / "bench")]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "pretrained on tissue tiles of ['B1'], held out in fold" in err
+    assert "--sections A1" in err
+    assert not (tmp_path / "bench").exists()  # refused before anything is written
 
 
 def test_pretrain_command_writes_the_weights_and_refuses_bad_input(synthetic, tmp_path, capsys):

@@ -40,6 +40,7 @@ from mclstexp_hub.evaluation.report import (
     write_text_atomic,
 )
 from mclstexp_hub.models.mclstexp.precision_mclstexp import resolve_precision
+from mclstexp_hub.training.ssl_pretrain import pretraining_record
 
 from .frozen_features import BN_CALIBRATIONS, FrozenFeatureStore
 from .methods import FoldContext, MethodSettings, get_method, list_methods
@@ -311,6 +312,7 @@ def run_benchmark(opts: BenchmarkOptions) -> dict[str, Any]:
             f"{out}/summary.json exists: this folder holds a finished benchmark. Choose another "
             "--out or pass --overwrite."
         )
+    created_out = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
     progress = opts.progress
     machine = machine_description()
@@ -329,6 +331,19 @@ def run_benchmark(opts: BenchmarkOptions) -> dict[str, Any]:
         folds_run = [f for f in folds if f.fold in set(opts.folds)]
     else:
         folds_run = folds
+    # A tower pretrained on a held-out section's tiles (`mclstexp pretrain`) has seen it.
+    pretrained_record = pretraining_record(opts.pretrained_encoder)
+    for fold in folds_run:
+        leaked = sorted(set((pretrained_record or {}).get("sections") or ()) & set(fold.held_out))
+        if leaked:
+            if created_out and not any(out.iterdir()):
+                out.rmdir()  # refused before anything was written: leave nothing behind
+            raise ValueError(
+                f"--pretrained-encoder {opts.pretrained_encoder} was pretrained on tissue tiles of "
+                f"{leaked}, held out in fold {fold.fold}: that fold would not be held out. "
+                "Pretrain on the fold's training sections (`mclstexp pretrain --sections "
+                f"{' '.join(fold.train)}`) and run it alone (--folds {fold.fold})."
+            )
     thin = [f.fold for f in folds_run if len(f.train) < 2]
     if opts.retrieval_k == "auto" and thin:
         raise ValueError(
@@ -560,6 +575,8 @@ def run_benchmark(opts: BenchmarkOptions) -> dict[str, Any]:
             "bn_calibration": bn_calibration,
             "image_encoder": feature_config.image_encoder,
             "pretrained_encoder": opts.pretrained_encoder,
+            "pretrained_encoder_record": pretrained_record,
+            "feature_encoder_input_size": feature_config.encoder_input_size,
             "retrieval_k": "auto" if select_k else method_k,
             "baseline_k": baseline_k,
             "ridge_alpha": ridge_alpha,

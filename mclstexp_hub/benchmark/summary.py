@@ -76,8 +76,9 @@ def summary_markdown(summary: dict[str, Any]) -> str:
         out.append(f"- **{m['label']}** (`{key}`): {m.get('description', '')}")
     run_folds = {f["fold"] for m in methods.values() for f in m["per_fold"]}
     held_out = [s for f in summary["folds"] if f["fold"] in run_folds for s in f["held_out"]]
-    out += ["", f"## Mean over held-out sections ({len(held_out)} section"
-            f"{'' if len(held_out) == 1 else 's'}: {', '.join(held_out)})", ""]
+    plural = "" if len(held_out) == 1 else "s"
+    title = f"## Mean over held-out sections ({len(held_out)} section{plural}: {', '.join(held_out)})"
+    out += ["", title, ""]
     out += _table({k: m["mean"] for k, m in methods.items()}, methods, bold_best=True)
     for fold in summary["folds"]:
         i = fold["fold"]

@@ -18,7 +18,11 @@ def _pretrain(args: argparse.Namespace) -> int:
     from mclstexp_hub.data.build import read_sections
     from mclstexp_hub.models.mclstexp.precision_mclstexp import resolve_precision
     from mclstexp_hub.outputs import OutputRefused, check_output
-    from mclstexp_hub.training.ssl_pretrain import SSLSettings, pretrain_tower, save_pretrained_tower
+    from mclstexp_hub.training.ssl_pretrain import (
+        SSLSettings,
+        pretrain_tower,
+        save_pretrained_tower,
+    )
 
     out = Path(args.out)
     if out.suffix != ".safetensors":

@@ -31,6 +31,9 @@ def _check_numbers(args: argparse.Namespace) -> None:
         raise ValueError(f"--weight-decay must be >= 0; got {args.weight_decay}.")
     if args.feature_views is not None and args.feature_views < 0:
         raise ValueError(f"--feature-views must be >= 0 (0: no cached views); got {args.feature_views}.")
+    if args.encoder_input_size is not None and args.encoder_input_size < 32:
+        raise ValueError(f"--encoder-input-size must be at least 32 px; got {args.encoder_input_size} "
+                         "(leave it out to feed the patches as cut).")
     if args.image_encoder is not None and not args.image_encoder.strip():
         raise ValueError("--image-encoder is empty; give a timm model name or leave it out.")
     if args.pretrained_encoder is not None and not args.pretrained_encoder.strip():
@@ -78,6 +81,7 @@ def _train(args: argparse.Namespace) -> int:
         bf16=_bf16_from(args),
         grad_checkpointing=args.grad_checkpointing,
         micro_batch=args.micro_batch,
+        encoder_input_size=args.encoder_input_size,
         seed=args.seed,
     )
     result = train_model(
@@ -150,6 +154,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--lr", type=float, default=None, help="learning rate")
     p.add_argument("--weight-decay", type=float, default=None)
     p.add_argument("--image-encoder", default=None, help="timm model name (default densenet121)")
+    p.add_argument("--encoder-input-size", type=int, default=None, metavar="PX",
+                   help="resample patches to PX inside the model before the encoder (default: "
+                        "the profile's; cpu-e2e 64, others as cut); a `mclstexp pretrain` tower "
+                        "needs the size it was pretrained at")
     p.add_argument(
         "--pretrained-encoder",
         default=None,

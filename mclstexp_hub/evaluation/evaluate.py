@@ -80,6 +80,24 @@ def _onnx_embeds(model, patches: torch.Tensor, *, batch_size: int, progress: boo
     return torch.from_numpy(np.concatenate(out)) if out else torch.zeros(0, model.config.projection_dim)
 
 
+def _sections_seen_by_pretraining(model_path: str | os.PathLike, sections: Sequence[str]) -> list[str]:
+    """Of `sections`, those whose tiles pretrained the checkpoint's image tower (`mclstexp
+    pretrain`, as recorded in a local folder's training_info.json); [] when none or unknown."""
+    import json
+
+    from mclstexp_hub.hub.checkpoint import TRAINING_INFO_FILE
+
+    path = Path(os.fspath(model_path)) / TRAINING_INFO_FILE
+    if not path.is_file():
+        return []
+    try:
+        record = json.loads(path.read_text(encoding="utf-8")).get("pretrained_encoder_record")
+    except (ValueError, AttributeError):
+        return []
+    seen = set((record or {}).get("sections") or ())
+    return sorted(s for s in sections if s in seen)
+
+
 def evaluate_checkpoint(
     model_path: str | os.PathLike,
     dataset: str | os.PathLike,
@@ -170,6 +188,14 @@ def evaluate_checkpoint(
             "or pass --allow-bank-overlap to score them anyway (the result is then not a "
             "held-out estimate)."
         )
+    seen = _sections_seen_by_pretraining(model_path, sections)
+    if seen and not allow_bank_overlap:
+        raise ValueError(
+            f"sections {seen}: the model's image tower was pretrained on their tissue tiles "
+            "(training_info.json pretrained_encoder_record, `mclstexp pretrain`), so they are not "
+            "held out. Evaluate on other sections, or pass --allow-bank-overlap to score them "
+            "anyway (the result is then not a held-out estimate)."
+        )
     ds = load_st_dataset(dataset, sections=sections)
     spots = SpotPatchDataset(ds, progress=progress)
     spot_sections = np.asarray(spots.sections)
@@ -194,6 +220,7 @@ def evaluate_checkpoint(
                       "weighting": weighting or model.config.retrieval_weighting,
                       "bank_spots": len(model.spot_bank)},
         "sections_in_bank": in_bank,
+        "sections_seen_by_pretraining": seen,
         "expression_units": model.config.expression_units or meta.get("units"),
         "precision": resolved,
         "image_tower": tower,

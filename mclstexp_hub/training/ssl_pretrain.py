@@ -115,7 +115,7 @@ class SSLSettings:
     @property
     def stored_size(self) -> int:
         """Side of a stored tile (the view plus its margin), at the encoder's scale."""
-        return int(round(self.view_size * (1.0 + self.margin)))
+        return round(self.view_size * (1.0 + self.margin))
 
 
 # ------------------------------------------------------------------ tiles
@@ -132,7 +132,7 @@ def tissue_tiles(image_path: str | Path, settings: SSLSettings) -> tuple[np.ndar
     from ..models.mclstexp.slide_io_mclstexp import open_slide
     from ..prediction.tiling import tile_spots
 
-    context = int(round(settings.window * (1.0 + settings.margin)))
+    context = round(settings.window * (1.0 + settings.margin))
     size = settings.stored_size
     with open_slide(image_path) as slide:
         grid = tile_spots(slide, pitch=settings.pitch, patch_size=settings.window,
@@ -162,7 +162,7 @@ def collect_tiles(images: Sequence[str | Path], settings: SSLSettings
                 f"{path}: no {settings.window} px window with >= {settings.min_tissue_fraction:.0%} "
                 "tissue lies inside the image; lower --min-tissue-fraction or --window.")
         parts.append(tiles)
-        record.append({"image": str(path), "tiles": int(len(tiles))})
+        record.append({"image": str(path), "tiles": len(tiles)})
     tiles = np.concatenate(parts)
     if settings.max_tiles is not None and len(tiles) > settings.max_tiles:
         keep = np.sort(np.random.default_rng(settings.seed).choice(
@@ -242,7 +242,7 @@ def pretrain_tower(
                                   weight_decay=settings.weight_decay)
     steps_per_epoch = len(tiles) // settings.batch_size
     total = steps_per_epoch * settings.epochs
-    warmup = int(round(settings.warmup_ratio * total))
+    warmup = round(settings.warmup_ratio * total)
 
     def lr_factor(step: int) -> float:
         if step < warmup:
@@ -294,7 +294,7 @@ def pretrain_tower(
         "settings": asdict(settings),
         "sections": list(sections),
         "images": per_image,
-        "tiles": int(len(tiles)),
+        "tiles": len(tiles),
         "steps": int(total),
         "chance_loss": float(math.log(2 * settings.batch_size - 1)),
         "history": history,
@@ -330,5 +330,14 @@ def pretraining_record(source: Any) -> dict[str, Any] | None:
     return json.loads(text) if text else None
 
 
-__all__ = ["SSLSettings", "SSL_METADATA_KEY", "collect_tiles", "nt_xent_loss", "pretrain_tower",
-           "pretraining_record", "random_crops", "save_pretrained_tower", "tissue_tiles"]
+__all__ = [
+    "SSL_METADATA_KEY",
+    "SSLSettings",
+    "collect_tiles",
+    "nt_xent_loss",
+    "pretrain_tower",
+    "pretraining_record",
+    "random_crops",
+    "save_pretrained_tower",
+    "tissue_tiles",
+]

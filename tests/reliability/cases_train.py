@@ -179,6 +179,8 @@ CASES = [
     Case("train-batch-size-zero", "train", "zeros", "--batch-size 0", _zero("--batch-size"),
          ("--batch-size",)),
     Case("train-lr-zero", "train", "zeros", "--lr 0", _zero("--lr"), ("--lr",)),
+    Case("train-encoder-input-size-zero", "train", "zeros", "--encoder-input-size 0",
+         _zero("--encoder-input-size"), ("--encoder-input-size",)),
     Case("train-max-position-zero", "train", "zeros", "--max-position 0",
          _zero("--max-position"), ("--max-position",)),
     Case("train-zeros-used", "train", "zeros",
