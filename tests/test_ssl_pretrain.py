@@ -189,3 +189,29 @@ def test_pretrain_command_writes_the_weights_and_refuses_bad_input(synthetic, tm
         err = capsys.readouterr().err
         assert message in err and len(err.strip().splitlines()) == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["tower.safetensors"]
+
+
+def test_benchmark_runs_a_fold_on_a_tower_pretrained_on_its_training_sections(synthetic, tmp_path):
+    """The frozen profile's features, its kept checkpoint and the summary all use the
+    pretrained tower at its size; the pretraining record is in summary.json."""
+    image = synthetic.data_dir / "ST-imgs" / "A" / "A1" / "A1_synthetic_HE.jpg"
+    assert image.is_file()
+    settings = _settings(synthetic.patch_size)
+    state, record = pretrain_tower([image], settings, sections=["A1"], progress=False)
+    path = save_pretrained_tower(state, record, tmp_path / "tower.safetensors")
+    out = tmp_path / "bench"
+    args = ["benchmark", "her2st", "--dataset-dir", str(synthetic.dataset), "--profile", "cpu",
+            "--image-encoder", "resnet10t", "--encoder-input-size", "32", "--epochs", "1",
+            "--retrieval-k", "8", "--baseline-k", "8", "--pretrained-encoder", str(path),
+            "--folds", "1", "--methods", "mclstexp", "topk_mean_frozen", "--quiet",
+            "--out", str(out)]
+    assert main(args) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["folds_run"] == [1] and summary["folds"][1]["held_out"] == ["B1"]
+    assert summary["settings"]["feature_encoder_input_size"] == 32
+    assert summary["settings"]["pretrained_encoder_record"]["sections"] == ["A1"]
+    config = json.loads((out / "folds" / "fold1" / "checkpoint" / "config.json").read_text())
+    assert config["encoder_input_size"] == 32
+    kept = MclSTExpModel.from_pretrained(out / "folds" / "fold1" / "checkpoint")
+    weights = kept.image_encoder.model.state_dict()
+    assert all(torch.equal(weights[k], state[k]) for k in state)  # the frozen pretrained tower
