@@ -55,6 +55,12 @@ def test_tiles_lie_on_tissue_inside_the_image_at_the_encoder_scale(synthetic):
     assert len(strict) < len(tiles) < len(lax)
 
 
+def test_default_jitter_is_the_papers_augmentation_strength():
+    from mclstexp_hub.training import augment
+
+    assert SSLSettings().jitter == augment.JITTER
+
+
 def test_max_tiles_takes_a_seeded_subset(synthetic):
     a, record = collect_tiles([synthetic.image], _settings(synthetic.patch_size, max_tiles=10))
     b, _ = collect_tiles([synthetic.image], _settings(synthetic.patch_size, max_tiles=10))

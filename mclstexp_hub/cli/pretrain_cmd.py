@@ -38,7 +38,8 @@ def _pretrain(args: argparse.Namespace) -> int:
         window=args.window, pitch=args.pitch, min_tissue_fraction=args.min_tissue_fraction,
         margin=args.margin, max_tiles=args.max_tiles, epochs=args.epochs,
         batch_size=args.batch_size, learning_rate=args.learning_rate,
-        weight_decay=args.weight_decay, temperature=args.temperature, jitter=args.jitter,
+        weight_decay=args.weight_decay, temperature=args.temperature,
+        **({} if args.jitter is None else {"jitter": args.jitter}),
         precision=resolve_precision(args.precision), seed=args.seed,
     )
     adatas = read_sections(args.kind, args.data_dir, args.sections, args.image)
@@ -95,7 +96,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--learning-rate", type=float, default=5e-4)
     p.add_argument("--weight-decay", type=float, default=1e-4)
     p.add_argument("--temperature", type=float, default=0.2)
-    p.add_argument("--jitter", type=float, default=0.2, help="colour-jitter strength (0 = none)")
+    p.add_argument("--jitter", type=float, default=None,
+                   help="colour-jitter strength (0 = none; default 0.5, the paper's augmentation)")
     add_precision_option(p)
     add_run_options(p, seed=True)
     p.set_defaults(func=_pretrain)

@@ -51,7 +51,8 @@ class SSLSettings:
     max_tiles: at most this many tiles in all (a seeded random subset; None = all).
     epochs / batch_size: passes over the tiles / tiles per step (2 crops each).
     learning_rate / weight_decay / warmup_ratio: AdamW with linear warm-up, then cosine decay.
-    temperature: of the contrastive softmax. jitter: colour-jitter strength (0 = none).
+    temperature: of the contrastive softmax. jitter: colour-jitter strength (0 = none; default
+        the paper's training augmentation, 0.5: on HER2+ fold 0 it beat 0.2 and 0, docs/training.md).
     projection_dim: output size of the projection MLP (discarded after training).
     precision: "fp32" or "bf16" (autocast); channels_last: memory layout of the convolutions.
     """
@@ -69,7 +70,7 @@ class SSLSettings:
     weight_decay: float = 1e-4
     warmup_ratio: float = 0.05
     temperature: float = 0.2
-    jitter: float = 0.2
+    jitter: float = 0.5  # the reference's ColorJitter strength, augment.JITTER (tested equal)
     projection_dim: int = 128
     precision: str = "fp32"
     channels_last: bool = True
