@@ -17,7 +17,7 @@ from ._options import (
 def _pretrain(args: argparse.Namespace) -> int:
     from mclstexp_hub.data.build import read_sections
     from mclstexp_hub.models.mclstexp.precision_mclstexp import resolve_precision
-    from mclstexp_hub.outputs import OutputRefused, check_output
+    from mclstexp_hub.outputs import OutputRefused, check_output, write_text_atomic
     from mclstexp_hub.training.ssl_pretrain import (
         SSLSettings,
         pretrain_tower,
@@ -32,6 +32,11 @@ def _pretrain(args: argparse.Namespace) -> int:
         raise OutputRefused(f"--out {args.out} is a folder; give a file path ending .safetensors.")
     check_output(out, overwrite=args.overwrite, inputs=[args.data_dir, args.image],
                  is_ours=lambda p: p.is_file(), what="weights file")
+    if args.record is not None:
+        if Path(args.record).resolve() == out.resolve():
+            raise ValueError("--record names the --out file; give the JSON record its own path.")
+        check_output(args.record, overwrite=args.overwrite, inputs=[args.data_dir, args.image],
+                     is_ours=lambda p: p.is_file(), what="record file", option="--record")
     settings = SSLSettings(
         image_encoder=args.image_encoder,
         encoder_input_size=None if args.encoder_input_size == 0 else args.encoder_input_size,
@@ -49,8 +54,8 @@ def _pretrain(args: argparse.Namespace) -> int:
         sections.append(str(a.obs["section"].iloc[0]))
     state, record = pretrain_tower(images, settings, sections=sections, progress=not args.quiet)
     save_pretrained_tower(state, record, out)
-    if args.record:
-        Path(args.record).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    if args.record is not None:
+        write_text_atomic(json.dumps(record, indent=2) + "\n", args.record)
     first, last = record["history"][0]["loss"], record["history"][-1]["loss"]
     print(f"wrote {out}: {settings.image_encoder} at {settings.view_size} px pretrained on "
           f"{record['tiles']} tissue tiles of {', '.join(sections)} for {settings.epochs} epochs "

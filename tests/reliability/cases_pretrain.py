@@ -45,3 +45,12 @@ CASES = [
     Case("pretrain-unknown-section", "pretrain", "messages", "--sections names no section",
          _unknown_section, ("Z9",)),
 ]
+
+
+def _record_exists(work, assets):
+    (work / "record.json").write_text("someone's notes")
+    return _pretrain(assets, work / "tower.safetensors", "--record", work / "record.json")
+
+
+CASES.append(Case("pretrain-record-exists", "pretrain", "overwrite",
+                  "--record an existing file, no --overwrite", _record_exists, ("--record",)))
